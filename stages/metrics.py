@@ -1,0 +1,49 @@
+"""The per-epoch metrics file (TSV, one row per epoch) and the summary drawn from it.
+
+One place for the format: the training stages write it, `compare` and the tests read it, and
+DVC plots it (dvc.yaml `plots:`).
+"""
+import csv
+import json
+import math
+
+COLUMNS = ["epoch", "step", "train_loss", "eval_loss", "eval_acc", "lr", "examples_per_sec", "seconds"]
+
+
+def write_tsv(rows, path):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: _fmt(row[k]) for k in COLUMNS} for row in rows)
+
+
+def read_tsv(path):
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k in ("epoch", "step") else float(v)) for k, v in row.items()}
+                for row in csv.DictReader(f, delimiter="\t")]
+
+
+def _fmt(value):
+    return value if isinstance(value, int) else f"{value:.6g}"
+
+
+def summarize(rows):
+    """Headline numbers of one run (what FastEstimator's log reports), from its per-epoch rows."""
+    peak = max(rows, key=lambda r: r["eval_acc"])  # first epoch reaching the peak
+    low = min(rows, key=lambda r: r["eval_loss"])
+    seconds = sum(r["seconds"] for r in rows)
+    images = sum(r["examples_per_sec"] * r["seconds"] for r in rows)
+    return {
+        "peak_eval_acc": peak["eval_acc"], "peak_epoch": peak["epoch"],
+        "final_eval_acc": rows[-1]["eval_acc"],
+        "min_eval_loss": low["eval_loss"], "min_loss_epoch": low["epoch"],
+        "final_eval_loss": rows[-1]["eval_loss"],
+        "train_seconds": round(seconds, 2),
+        "examples_per_sec": round(images / seconds, 1) if seconds > 0 else math.nan,
+    }
+
+
+def write_summary(summary, path):
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")

@@ -1,0 +1,30 @@
+"""Mixup as FastEstimator's LeNet tutorial ran it (MixUpBatch + MixUpLoss, r1.0b1).
+
+One lambda per batch, lambda ~ Beta(alpha, alpha); the batch is paired with itself rolled by one:
+x_mix[i] = lambda * x[i] + (1 - lambda) * x[i-1]; labels stay unmixed and the loss is
+lambda * CE(y) + (1 - lambda) * CE(roll(y, 1)). Later FastEstimator releases changed all three;
+this is the tutorial's version.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def sample_lambda(alpha, device="cpu"):
+    """One draw of Beta(alpha, alpha) as a 0-d tensor on `device` (no host sync on a GPU)."""
+    concentration = torch.tensor(float(alpha), device=device)
+    return torch.distributions.Beta(concentration, concentration).sample()
+
+
+def mixup_batch(x, lam):
+    """Blend every image with its predecessor in the batch (the first with the last)."""
+    return lam * x + (1 - lam) * x.roll(1, dims=0)
+
+
+def mixup_loss(logits, y, lam):
+    """lambda * CE(logits, y) + (1 - lambda) * CE(logits, roll(y, 1)), batch mean."""
+    return lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y.roll(1, dims=0))
+
+
+def is_mixup_epoch(epoch, warmup):
+    """Epochs count from 0; the first `warmup` epochs train plain, as FastEstimator's Scheduler did."""
+    return epoch >= warmup

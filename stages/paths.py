@@ -1,0 +1,36 @@
+"""Every path the pipeline reads or writes, relative to the project root (where dvc runs)."""
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+RAW_ARCHIVE = Path("data/raw/cifar-10-python.tar.gz")
+PREPARED = Path("data/prepared")
+# Per-epoch training state, kept outside DVC's outputs so an interrupted run can resume.
+RESUME = Path("data/resume")
+MODELS = Path("models")
+METRICS = Path("metrics")
+COMPARISON_PNG = METRICS / "comparison.png"
+COMPARISON_MD = METRICS / "comparison.md"
+
+VARIANTS = ("baseline", "mixup")
+
+
+def prepared_file(name):
+    """data/prepared/<name>.npy: train_x, train_y, eval_x, eval_y."""
+    return PREPARED / f"{name}.npy"
+
+
+def epochs_tsv(variant):
+    return METRICS / variant / "epochs.tsv"
+
+
+def summary_json(variant):
+    return METRICS / variant / "summary.json"
+
+
+def checkpoint(variant, which):
+    """models/<variant>/<which>.pt, which is 'best' (lowest eval loss) or 'final'."""
+    return MODELS / variant / f"{which}.pt"
+
+
+def resume_state(variant):
+    return RESUME / f"{variant}.pt"
