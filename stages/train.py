@@ -47,7 +47,7 @@ def load_split(split, device):
     if y.shape != (len(x),) or y.dtype != np.int64 or (y.size and not 0 <= y.min() <= y.max() <= 9):
         raise UserError(f"{paths.prepared_file(f'{split}_y')}: expected {len(x)} int64 labels in 0..9 to match "
                         f"{len(x)} images, found {y.dtype} {y.shape}; rerun `dvc repro prepare`")
-    x = torch.from_numpy(np.ascontiguousarray(x)).to(device).contiguous(memory_format=torch.channels_last)
+    x = torch.from_numpy(np.array(x)).to(device).contiguous(memory_format=torch.channels_last)
     return x, torch.from_numpy(y).to(device)
 
 
