@@ -7,8 +7,8 @@ import math
 
 import yaml
 
-from stages.stage import UserError
 from stages.paths import PARAMS
+from stages.stage import UserError
 
 
 def _int(lo=None):
@@ -36,7 +36,9 @@ def _md5(v):
 
 
 def _epsilons(v):
-    if not isinstance(v, list) or not v or any(isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e <= 1 for e in v):
+    def number_in_unit(e):
+        return not isinstance(e, bool) and isinstance(e, (int, float)) and 0 <= e <= 1
+    if not isinstance(v, list) or not v or not all(number_in_unit(e) for e in v):
         return "a non-empty list of numbers in [0, 1] (the [0, 1] Minmax scale: 8/255 is 0.0314)"
 
 

@@ -65,6 +65,35 @@ def evaluate(model, x, y):
     return loss_sum.item() / len(x), correct.item() / len(x)
 
 
+def train_step(model, optimizer, x, y, alpha=None):
+    """One optimizer step, with mixup when alpha is given; returns the loss without a host sync."""
+    if alpha is not None:
+        lam = sample_lambda(alpha, x.device)
+        loss = mixup_loss(model(mixup_batch(x, lam)), y, lam)
+    else:
+        loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def train_epoch(model, optimizer, train_x, train_y, order, batch_size, alpha=None, progress=None):
+    """One pass over `order` in batches (the last partial batch dropped); returns per-step losses.
+
+    Losses stay on the device; with `progress` (a label) a tqdm bar shows the running loss.
+    """
+    steps = len(order) // batch_size
+    losses = torch.zeros(steps, device=train_x.device)
+    bar = tqdm(range(steps), desc=progress, disable=progress is None, leave=False)
+    for step in bar:
+        idx = order[step * batch_size:(step + 1) * batch_size]
+        losses[step] = train_step(model, optimizer, train_x[idx], train_y[idx], alpha)
+        if progress is not None and step % 50 == 49:
+            bar.set_postfix(loss=f"{losses[step - 49:step + 1].mean().item():.4f}")
+    return losses
+
+
 def fingerprint(config):
     """What a resume checkpoint must match: the params, the training code and the prepared data."""
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
@@ -107,24 +136,11 @@ def train_variant(variant, train, mixup, device):
     interactive = sys.stderr.isatty()
     for epoch in range(state["epoch"], epochs):
         mixing = mixup is not None and is_mixup_epoch(epoch, mixup["warmup"])
-        losses = torch.zeros(steps, device=device)
         order = torch.randperm(len(train_x), generator=shuffle, device=device)
         start = time.perf_counter()
-        bar = tqdm(range(steps), desc=f"{variant} {epoch + 1}/{epochs}", disable=not interactive, leave=False)
-        for step in bar:
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            x, y = train_x[idx], train_y[idx]
-            if mixing:
-                lam = sample_lambda(mixup["alpha"], device)
-                loss = mixup_loss(model(mixup_batch(x, lam)), y, lam)
-            else:
-                loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses[step] = loss.detach()
-            if interactive and step % 50 == 49:
-                bar.set_postfix(loss=f"{losses[step - 49:step + 1].mean().item():.4f}")
+        losses = train_epoch(model, optimizer, train_x, train_y, order, batch_size,
+                             alpha=mixup["alpha"] if mixing else None,
+                             progress=f"{variant} {epoch + 1}/{epochs}" if interactive else None)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start

@@ -1,0 +1,122 @@
+"""Shared fixtures: tiny CIFAR-10 archives in the official layout, and the project in a temp git repo."""
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", ".dvcignore"]
+
+
+def synthetic_split(n, seed):
+    """n images (N x 3072 uint8, official row layout) whose class shows in their colour, and labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    rng.shuffle(labels)
+    images = rng.integers(0, 256, size=(n, 3, 32, 32)).astype(np.float32) * 0.5
+    images[np.arange(n), labels % 3] += 12.0 * labels[:, None, None]  # a learnable signal
+    return np.clip(images, 0, 255).astype(np.uint8).reshape(n, 3072), labels.tolist()
+
+
+def write_archive(path, train=None, eval=None, *, skip=(), meta=None, overrides=None):
+    """Write a .tar.gz in CIFAR-10's python layout; `skip` drops members, `overrides` replaces batches."""
+    train = train or synthetic_split(250, 0)
+    eval = eval or synthetic_split(100, 1)
+    batches = {"batches.meta": meta or {"label_names": CLASSES, "num_cases_per_batch": len(train[1]) // 5}}
+    for i, chunk in enumerate(np.array_split(np.arange(len(train[1])), 5)):
+        batches[f"data_batch_{i + 1}"] = {b"data": train[0][chunk], b"labels": [train[1][j] for j in chunk]}
+    batches["test_batch"] = {b"data": eval[0], b"labels": list(eval[1])}
+    batches.update(overrides or {})
+    with tarfile.open(path, "w:gz") as tar:
+        for name, obj in batches.items():
+            if name in skip:
+                continue
+            data = pickle.dumps(obj, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def tiny_archive(tmp_path_factory):
+    path = tmp_path_factory.mktemp("archive") / "cifar-10-python.tar.gz"
+    return path, write_archive(path)
+
+
+def truncate(path, out):
+    data = Path(path).read_bytes()
+    Path(out).write_bytes(data[: len(data) // 2])
+    with gzip.open(out) as f:  # make sure it really is broken
+        with pytest.raises(EOFError):
+            f.read()
+    return out
+
+
+def dvc_env():
+    """The environment stage commands run in: this interpreter's `python` first on PATH."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("DVC_ROOT", None)
+    return env
+
+
+class Project:
+    """A copy of the pipeline in a fresh git + DVC repository, driven through DVC's own CLI."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def run(self, *args, check=True):
+        result = subprocess.run(args, cwd=self.path, env=dvc_env(), capture_output=True, text=True)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def dvc(self, *args, check=True):
+        return self.run(sys.executable, "-m", "dvc", *args, check=check)
+
+    def set_params(self, **sections):
+        params = yaml.safe_load((self.path / "params.yaml").read_text())
+        for section, values in sections.items():
+            params.setdefault(section, {}).update(values)
+        (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def commit(self, message="update"):
+        self.run("git", "add", "-A")
+        self.run("git", "commit", "-qm", message)
+
+    def read(self, relative):
+        return (self.path / relative).read_text()
+
+
+@pytest.fixture
+def project(tmp_path, tiny_archive):
+    path = tmp_path / "project"
+    path.mkdir()
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            shutil.copy(source, path / name)
+    p = Project(path)
+    p.run("git", "init", "-q")
+    p.run("git", "config", "user.email", "test@example.com")
+    p.run("git", "config", "user.name", "test")
+    p.dvc("init", "-q")
+    p.dvc("config", "core.analytics", "false")
+    archive, md5 = tiny_archive
+    p.set_params(data={"url": str(archive), "md5": md5}, train={"epochs": 2, "batch_size": 50})
+    p.commit("tiny project")
+    return p
