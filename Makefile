@@ -3,16 +3,22 @@ PYTHON ?= python3
 VENV := .venv
 # Stage commands in dvc.yaml call `python`: make it the project's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# The page template `dvc plots show` uses (.dvc/config: plots.html_template), with vega inline so the
+# page renders offline; generated from the pinned vl-convert-python, git-ignored, never committed.
+PLOTS_TEMPLATE := .dvc/plots-offline.html
 
-.PHONY: setup repro test lint bench clean
+.PHONY: setup repro test lint bench plots clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(PLOTS_TEMPLATE)
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -r requirements.txt
 	touch $@
+
+$(PLOTS_TEMPLATE): $(VENV)/.installed stages/plots_template.py
+	python -m stages.plots_template
 
 repro: setup
 	dvc repro
@@ -26,5 +32,8 @@ lint: setup
 bench: setup
 	python -m bench.train_speed
 
+plots: setup
+	dvc plots show
+
 clean:
-	rm -rf $(VENV) dvc_plots .pytest_cache
+	rm -rf $(VENV) dvc_plots .pytest_cache $(PLOTS_TEMPLATE)

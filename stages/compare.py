@@ -35,7 +35,7 @@ def load_runs():
 
 def draw(runs, summaries, out):
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True, constrained_layout=True)
-    for ax, (column, title, ylabel, mark) in zip(axes.flat, PANELS):
+    for ax, (column, title, ylabel, mark) in zip(axes.flat, PANELS, strict=False):
         for variant, rows in runs.items():
             epochs = [r["epoch"] for r in rows]
             values = [r[column] for r in rows]

@@ -105,7 +105,12 @@ def fingerprint(config):
     return h.hexdigest()
 
 
-def train_variant(variant, train, mixup, device):
+def train_variant(variant, train, mixup, device, resume_path=None):
+    """Train one variant; returns (per-epoch rows, best checkpoint, final checkpoint).
+
+    With `resume_path`, the state is saved there after every epoch and a matching saved state
+    (same params, code and data) is resumed from.
+    """
     train_x, train_y = load_split("train", device)
     eval_x, eval_y = load_split("eval", device)
     batch_size, epochs = train["batch_size"], train["epochs"]
@@ -120,8 +125,7 @@ def train_variant(variant, train, mixup, device):
                                  fused=True)  # one kernel per step; measured faster on CPU too
     state = {"fingerprint": fingerprint({"variant": variant, "train": train, "mixup": mixup}),
              "epoch": 0, "rows": [], "best": None}
-    resume_path = paths.resume_state(variant)
-    if resume_path.exists():
+    if resume_path is not None and resume_path.exists():
         saved = torch.load(resume_path, map_location=device, weights_only=False)
         if saved["fingerprint"] == state["fingerprint"]:
             state = saved
@@ -162,8 +166,9 @@ def train_variant(variant, train, mixup, device):
                              "epoch": epoch + 1, "eval_loss": eval_loss, "eval_acc": eval_acc}
         state.update(epoch=epoch + 1, model=model.state_dict(), optimizer=optimizer.state_dict(),
                      torch_rng=torch.get_rng_state(), shuffle_rng=shuffle.get_state())
-        with atomic_output(resume_path) as tmp:
-            torch.save(state, tmp)
+        if resume_path is not None:
+            with atomic_output(resume_path) as tmp:
+                torch.save(state, tmp)
     final = {"model": model.state_dict(), "epoch": epochs, "eval_loss": state["rows"][-1]["eval_loss"],
              "eval_acc": state["rows"][-1]["eval_acc"]}
     return state["rows"], state["best"], final
@@ -176,7 +181,7 @@ def main():
     params = load_params("train", *(["mixup"] if variant == "mixup" else []))
     train, mixup = params["train"], params.get("mixup")
     device = resolve_device(train["device"])
-    rows, best, final = train_variant(variant, train, mixup, device)
+    rows, best, final = train_variant(variant, train, mixup, device, resume_path=paths.resume_state(variant))
     summary = {**summarize(rows), "device": device.type}
     for which, checkpoint in (("best", best), ("final", final)):
         with atomic_output(paths.checkpoint(variant, which)) as tmp:

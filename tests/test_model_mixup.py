@@ -1,0 +1,63 @@
+"""LeNet's shape and initialisation; mixup's math and schedule."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stages.mixup import is_mixup_epoch, mixup_batch, mixup_loss, sample_lambda
+from stages.model import NUM_PARAMETERS, lenet
+
+
+def test_lenet_shape_and_parameter_count():
+    model = lenet()
+    assert model(torch.zeros(7, 3, 32, 32)).shape == (7, 10)
+    assert sum(p.numel() for p in model.parameters()) == NUM_PARAMETERS == 122_570
+
+
+def test_lenet_has_glorot_uniform_weights_and_zero_biases():
+    torch.manual_seed(0)
+    layers = [m for m in lenet() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(layers) == 5
+    for layer in layers:
+        w = layer.weight
+        receptive = w[0, 0].numel() if w.dim() == 4 else 1
+        limit = (6 / ((w.shape[0] + w.shape[1]) * receptive)) ** 0.5
+        assert w.abs().max() <= limit
+        assert w.abs().max() > 0.9 * limit  # spread over the whole range, not a narrower default
+        assert abs(w.std().item() - limit / 3**0.5) < 0.1 * limit  # a uniform's std
+        assert (layer.bias == 0).all()
+
+
+def test_mixup_batch_pairs_each_image_with_its_predecessor():
+    x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2)
+    mixed = mixup_batch(x, torch.tensor(0.25))
+    expected = torch.tensor([0.25 * 0 + 0.75 * 3, 0.25 * 1 + 0.75 * 0, 0.25 * 2 + 0.75 * 1, 0.25 * 3 + 0.75 * 2])
+    torch.testing.assert_close(mixed[:, 0, 0, 0], expected)
+    assert mixed.shape == x.shape
+
+
+def test_mixup_loss_matches_the_formula_by_hand():
+    torch.manual_seed(0)
+    logits, y, lam = torch.randn(5, 10), torch.tensor([3, 1, 4, 1, 5]), 0.3
+    log_p = logits.log_softmax(1)
+    by_hand = sum(-(lam * log_p[i, y[i]] + (1 - lam) * log_p[i, y[i - 1]]) for i in range(5)) / 5
+    torch.testing.assert_close(mixup_loss(logits, y, torch.tensor(lam)), by_hand)
+
+
+def test_lambda_is_one_beta_draw_per_call():
+    torch.manual_seed(0)
+    draws = torch.stack([sample_lambda(1.0) for _ in range(4000)])
+    assert draws.shape == (4000,) and ((draws > 0) & (draws < 1)).all()
+    assert abs(draws.mean().item() - 0.5) < 0.02
+    assert abs(draws.var().item() - 1 / 12) < 0.01  # Beta(1, 1) is uniform
+    small = torch.stack([sample_lambda(0.2) for _ in range(4000)])
+    assert ((small < 0.1) | (small > 0.9)).float().mean() > 0.5  # small alpha pushes lambda to 0 or 1
+
+
+def test_lambda_of_one_is_the_plain_loss():
+    logits, y = torch.randn(6, 10), torch.randint(0, 10, (6,))
+    torch.testing.assert_close(mixup_loss(logits, y, torch.tensor(1.0)), F.cross_entropy(logits, y))
+
+
+def test_warmup_schedule_counts_epochs_from_zero():
+    assert [is_mixup_epoch(e, warmup=1) for e in range(3)] == [False, True, True]
+    assert [is_mixup_epoch(e, warmup=0) for e in range(2)] == [True, True]

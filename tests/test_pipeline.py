@@ -1,0 +1,104 @@
+"""The pipeline through DVC's own commands, in a temporary git repo on a tiny archive."""
+import json
+import struct
+
+import pytest
+
+from stages.metrics import COLUMNS, read_tsv
+from tests.conftest import truncate
+
+ALL_STAGES = ["download", "prepare", "train_baseline", "train_mixup", "compare"]
+
+
+def ran(result):
+    """Names of the stages a `dvc repro` / `dvc exp run` output says it ran."""
+    return [s for s in ALL_STAGES if f"Running stage '{s}'" in result.stdout]
+
+
+def test_prepare_then_nothing_reruns(project):
+    result = project.dvc("repro", "prepare")
+    assert ran(result) == ["download", "prepare"]
+    for name in ("train_x", "train_y", "eval_x", "eval_y"):
+        assert (project.path / f"data/prepared/{name}.npy").is_file()
+    assert len(json.loads(project.read("data/prepared/classes.json"))) == 10
+    again = project.dvc("repro", "prepare")
+    assert ran(again) == [] and "didn't change" in again.stdout
+    assert "changed" not in project.dvc("status", "prepare").stdout
+
+
+def test_wrong_md5_fails_clearly_and_leaves_nothing(project):
+    project.set_params(data={"md5": "0" * 32})
+    result = project.dvc("repro", "download", check=False)
+    assert result.returncode != 0
+    assert "md5 mismatch" in result.stderr and "expected 00000000000000000000000000000000" in result.stderr
+    assert "set data.md5 to the actual value" in result.stderr
+    assert not (project.path / "data/raw/cifar-10-python.tar.gz").exists()
+    assert not any((project.path / "data").rglob("*.tmp*"))
+
+
+def test_truncated_archive_fails_clearly(project, tmp_path, tiny_archive):
+    broken = truncate(tiny_archive[0], tmp_path / "broken.tar.gz")
+    project.set_params(data={"url": f"file://{broken}", "md5": None})
+    result = project.dvc("repro", "prepare", check=False)
+    assert result.returncode != 0
+    assert "truncated or corrupt" in result.stderr
+    assert not (project.path / "data/prepared").exists()
+
+
+def test_missing_local_archive_points_at_the_fix(project):
+    project.set_params(data={"url": "/nonexistent/cifar-10-python.tar.gz"})
+    result = project.dvc("repro", "download", check=False)
+    assert result.returncode != 0 and "is not a file; set data.url" in result.stderr
+
+
+def test_full_pipeline_experiment_and_plots(project):
+    first = project.dvc("repro")
+    assert ran(first) == ALL_STAGES
+    for variant in ("baseline", "mixup"):
+        rows = read_tsv(project.path / f"metrics/{variant}/epochs.tsv")
+        assert [r["epoch"] for r in rows] == [1, 2] and list(rows[0]) == COLUMNS
+        summary = json.loads(project.read(f"metrics/{variant}/summary.json"))
+        assert summary["final_eval_acc"] == rows[-1]["eval_acc"]
+        for which in ("best", "final"):
+            assert (project.path / f"models/{variant}/{which}.pt").is_file()
+    png = (project.path / "metrics/comparison.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    assert width > 800 and height > 500
+    assert "peak eval accuracy" in project.read("metrics/comparison.md")
+    assert ran(project.dvc("repro")) == []  # everything cached
+    project.commit("first run")
+
+    exp = project.dvc("exp", "run", "-S", "mixup.alpha=0.4")
+    assert ran(exp) == ["train_mixup", "compare"]
+    assert "Stage 'train_baseline' didn't change, skipping" in exp.stdout
+    status = json.loads(project.dvc("status", "--json").stdout)
+    assert status == {}
+
+    diff = json.loads(project.dvc("metrics", "diff", "--json").stdout)
+    assert "metrics/mixup/summary.json" in diff and "metrics/baseline/summary.json" not in diff
+    params = json.loads(project.dvc("params", "diff", "--json").stdout)
+    assert params["params.yaml"]["mixup.alpha"]["old"] == 1.0
+    assert params["params.yaml"]["mixup.alpha"]["new"] == 0.4
+
+    shown = json.loads(project.dvc("exp", "show", "--json").stdout)
+    assert "peak_eval_acc" in json.dumps(shown)
+
+    project.dvc("plots", "show", "-o", "plots_out")
+    html = project.read("plots_out/index.html")
+    for name in ("baseline/epochs.tsv", "mixup/epochs.tsv", "Eval accuracy", "Eval loss",
+                 "Train loss"):
+        assert name in html
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("mixup", "aplha", 0.4, "unknown key 'mixup.aplha'"),
+    ("mixup", "alpha", 0, "mixup.alpha = 0 is not allowed; it must be a number > 0"),
+    ("train", "device", "tpu", "must be one of auto, cpu, cuda"),
+])
+def test_bad_params_fail_before_any_work(project, section, key, value, message):
+    project.set_params(**{section: {key: value}})
+    result = project.dvc("repro", "train_mixup", check=False)
+    assert result.returncode != 0 and message in result.stderr
+    assert not (project.path / "data/raw/cifar-10-python.tar.gz").exists()  # failed at the first stage
+    assert not (project.path / "metrics/mixup").exists()
