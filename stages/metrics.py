@@ -11,20 +11,31 @@ COLUMNS = ["epoch", "step", "train_loss", "eval_loss", "eval_acc", "lr", "exampl
 
 
 def write_tsv(rows, path):
+    """The per-epoch file: COLUMNS, in that order."""
+    write_rows([{k: row[k] for k in COLUMNS} for row in rows], path)
+
+
+def write_rows(rows, path, delimiter="\t"):
+    """Any table DVC plots: a header from the first row's keys, numbers to 6 significant digits."""
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS, delimiter="\t", lineterminator="\n")
+        writer = csv.DictWriter(f, list(rows[0]), delimiter=delimiter, lineterminator="\n")
         writer.writeheader()
-        writer.writerows({k: _fmt(row[k]) for k in COLUMNS} for row in rows)
+        writer.writerows({k: _fmt(v) for k, v in row.items()} for row in rows)
 
 
 def read_tsv(path):
+    """The per-epoch file as rows of numbers (epoch and step as ints)."""
+    return [{k: int(v) if k in ("epoch", "step") else v for k, v in row.items()} for row in read_rows(path)]
+
+
+def read_rows(path, delimiter="\t"):
+    """A table written by write_rows, every value as a float."""
     with open(path, newline="") as f:
-        return [{k: (int(v) if k in ("epoch", "step") else float(v)) for k, v in row.items()}
-                for row in csv.DictReader(f, delimiter="\t")]
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f, delimiter=delimiter)]
 
 
 def _fmt(value):
-    return value if isinstance(value, int) else f"{value:.6g}"
+    return f"{value:.6g}" if isinstance(value, float) else value
 
 
 def summarize(rows):

@@ -36,10 +36,10 @@ def _md5(v):
 
 
 def _epsilons(v):
-    def number_in_unit(e):
-        return not isinstance(e, bool) and isinstance(e, (int, float)) and 0 <= e <= 1
-    if not isinstance(v, list) or not v or not all(number_in_unit(e) for e in v):
-        return "a non-empty list of numbers in [0, 1] (the [0, 1] Minmax scale: 8/255 is 0.0314)"
+    def in_range(e):
+        return not isinstance(e, bool) and isinstance(e, (int, float)) and 0 <= e <= 255
+    if not isinstance(v, list) or not v or not all(in_range(e) for e in v):
+        return "a non-empty list of numbers in [0, 255] (units of 1/255 on the [0, 1] Minmax scale)"
 
 
 def _device(v):
@@ -55,7 +55,7 @@ SCHEMA = {
     "data": {"url": _text, "md5": _md5},
     "train": {"epochs": _int(1), "batch_size": _int(1), "lr": _positive_float, "seed": _int(0), "device": _device},
     "mixup": {"alpha": _positive_float, "warmup": _int(0)},
-    "evaluate": {"fgsm_epsilons": _epsilons, "ece_bins": _int(1), "batch_size": _int(1)},
+    "evaluate": {"fgsm_eps_255": _epsilons, "ece_bins": _int(1), "batch_size": _int(1)},
 }
 
 

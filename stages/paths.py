@@ -10,6 +10,7 @@ MODELS = Path("models")
 METRICS = Path("metrics")
 COMPARISON_PNG = METRICS / "comparison.png"
 COMPARISON_MD = METRICS / "comparison.md"
+MIXUP_EXAMPLES_PNG = METRICS / "mixup_examples.png"
 
 VARIANTS = ("baseline", "mixup")
 
@@ -34,3 +35,19 @@ def checkpoint(variant, which):
 
 def resume_state(variant):
     return RESUME / f"{variant}.pt"
+
+
+def evaluation_json(variant):
+    return METRICS / variant / "evaluation.json"
+
+
+def fgsm_tsv(variant):
+    return METRICS / variant / "fgsm.tsv"
+
+
+def reliability_tsv(variant):
+    return METRICS / variant / "reliability.tsv"
+
+
+def predictions_csv(variant):
+    return METRICS / variant / "predictions.csv"

@@ -39,13 +39,12 @@ def test_the_shipped_params_are_valid():
     ("train", "optimizer", "sgd", "unknown key 'train.optimizer'"),
     ("data", "md5", "abc", "data.md5 = 'abc' is not allowed; it must be null or 32 lowercase hex digits"),
     ("data", "url", "", "data.url = '' is not allowed; it must be a non-empty string"),
-    ("evaluate", "fgsm_epsilons", [0.1, 2], "evaluate.fgsm_epsilons = [0.1, 2] is not allowed"),
+    ("evaluate", "fgsm_eps_255", [1, 300], "evaluate.fgsm_eps_255 = [1, 300] is not allowed"),
+    ("evaluate", "ece_bins", 0, "evaluate.ece_bins = 0 is not allowed; it must be an integer >= 1"),
     ("trian", "epochs", 3, "unknown section 'trian'"),
 ])
 def test_bad_values_name_key_value_and_rule(section, key, value, message):
     params = with_value(section, key, value)
-    if section == "evaluate":
-        params["evaluate"] = {"fgsm_epsilons": value, "ece_bins": 15, "batch_size": 500}
     with pytest.raises(UserError, match="^params.yaml: ") as error:
         validate(params)
     assert message in str(error.value) and "\n" not in str(error.value)

@@ -7,7 +7,8 @@ import pytest
 from stages.metrics import COLUMNS, read_tsv
 from tests.conftest import truncate
 
-ALL_STAGES = ["download", "prepare", "train_baseline", "train_mixup", "compare"]
+ALL_STAGES = ["download", "prepare", "train_baseline", "train_mixup", "evaluate_baseline", "evaluate_mixup",
+              "mixup_examples", "compare"]
 
 
 def ran(result):
@@ -70,8 +71,9 @@ def test_full_pipeline_experiment_and_plots(project):
     project.commit("first run")
 
     exp = project.dvc("exp", "run", "-S", "mixup.alpha=0.4")
-    assert ran(exp) == ["train_mixup", "compare"]
-    assert "Stage 'train_baseline' didn't change, skipping" in exp.stdout
+    assert ran(exp) == ["train_mixup", "evaluate_mixup", "mixup_examples", "compare"]
+    for unchanged in ("train_baseline", "evaluate_baseline"):
+        assert f"Stage '{unchanged}' didn't change, skipping" in exp.stdout
     status = json.loads(project.dvc("status", "--json").stdout)
     assert status == {}
 
@@ -86,8 +88,9 @@ def test_full_pipeline_experiment_and_plots(project):
 
     project.dvc("plots", "show", "-o", "plots_out")
     html = project.read("plots_out/index.html")
-    for name in ("baseline/epochs.tsv", "mixup/epochs.tsv", "Eval accuracy", "Eval loss",
-                 "Train loss"):
+    for name in ("baseline/epochs.tsv", "mixup/epochs.tsv", "Eval accuracy", "Eval loss", "Train loss",
+                 "Accuracy under FGSM attack", "Reliability diagram", "Confusion matrix, baseline",
+                 "Confusion matrix, mixup"):
         assert name in html
 
 

@@ -1,0 +1,102 @@
+"""Stages `evaluate_baseline` and `evaluate_mixup`: python -m stages.evaluate {baseline|mixup}
+
+Scores both checkpoints a training stage kept (`final` and `best`, the lowest-eval-loss weights
+FastEstimator's ModelSaver kept) on what mixup is claimed to buy: clean accuracy and NLL, FGSM
+accuracy at each epsilon, calibration (ECE and a reliability diagram), a confusion matrix, and the
+generalization gap (train minus eval accuracy) of the final weights.
+"""
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from stages import paths
+from stages.metrics import write_rows
+from stages.model import lenet
+from stages.params import load_params
+from stages.robustness import expected_calibration_error, fgsm, reliability_bins
+from stages.stage import UserError, atomic_output, run
+from stages.train import load_split, resolve_device
+
+
+def load_model(variant, which, device):
+    path = paths.checkpoint(variant, which)
+    if not path.is_file():
+        raise UserError(f"{path} is missing: run `dvc repro train_{variant}` first")
+    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    model = lenet().to(device).to(memory_format=torch.channels_last)
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), checkpoint["epoch"]
+
+
+@torch.inference_mode()
+def predict(model, x, batch_size):
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def adversarial_accuracy(model, x, y, epsilon, batch_size):
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        attacked = fgsm(model, x[i:i + batch_size], y[i:i + batch_size], epsilon)
+        correct += (predict(model, attacked, batch_size).argmax(1) == y[i:i + batch_size]).sum().item()
+    return correct / len(x)
+
+
+def score(model, x, y, params):
+    logits = predict(model, x, params["batch_size"])
+    probs = logits.softmax(1)
+    return logits, {
+        "accuracy": (logits.argmax(1) == y).float().mean().item(),
+        "nll": F.cross_entropy(logits, y).item(),
+        "ece": expected_calibration_error(probs.cpu(), y.cpu(), params["ece_bins"]),
+        "fgsm_acc": {f"{e}/255": adversarial_accuracy(model, x, y, e / 255, params["batch_size"])
+                     for e in params["fgsm_eps_255"]},
+    }
+
+
+def calibration_and_confusion(logits, y, bins, classes):
+    """Reliability-diagram rows (non-empty bins) and one (actual, predicted) row per image."""
+    confidence, predicted = logits.softmax(1).cpu().max(1)
+    reliability = [{"bin_low": lo, "bin_high": hi, "count": n, "confidence": conf, "accuracy": acc}
+                   for lo, hi, n, conf, acc in reliability_bins(confidence, predicted == y.cpu(), bins) if n]
+    predictions = [{"actual": classes[a], "predicted": classes[p]}
+                   for a, p in zip(y.tolist(), predicted.tolist(), strict=True)]
+    return reliability, predictions
+
+
+def main():
+    variant = sys.argv[1] if len(sys.argv) == 2 else None
+    if variant not in paths.VARIANTS:
+        raise UserError(f"usage: python -m stages.evaluate {{{'|'.join(paths.VARIANTS)}}}")
+    params = load_params("train", "evaluate")
+    settings, device = params["evaluate"], resolve_device(params["train"]["device"])
+    eval_x, eval_y = load_split("eval", device)
+    results = {}
+    for which in ("final", "best"):
+        model, epoch = load_model(variant, which, device)
+        logits, results[which] = score(model, eval_x, eval_y, settings)
+        results[which]["epoch"] = epoch
+        if which == "final":
+            train_x, train_y = load_split("train", device)
+            train_acc = (predict(model, train_x, settings["batch_size"]).argmax(1) == train_y).float().mean().item()
+            results[which].update(train_accuracy=train_acc, generalization_gap=train_acc - results[which]["accuracy"])
+            classes = json.loads((paths.PREPARED / "classes.json").read_text())
+            reliability, predictions = calibration_and_confusion(logits, eval_y, settings["ece_bins"], classes)
+        print(f"{variant} {which} weights (epoch {epoch}): " + ", ".join(
+            f"{k} {v:.4f}" for k, v in results[which].items() if isinstance(v, float)) +
+            ", FGSM accuracy " + ", ".join(f"{k}: {v:.4f}" for k, v in results[which]["fgsm_acc"].items()))
+    fgsm_rows = [{"epsilon_255": e, **{f"accuracy_{w}": results[w]["fgsm_acc"][f"{e}/255"] for w in results}}
+                 for e in settings["fgsm_eps_255"]]
+    with atomic_output(paths.evaluation_json(variant)) as tmp:
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+    with atomic_output(paths.fgsm_tsv(variant)) as tmp:
+        write_rows(fgsm_rows, tmp)
+    with atomic_output(paths.reliability_tsv(variant)) as tmp:
+        write_rows(reliability, tmp)
+    with atomic_output(paths.predictions_csv(variant)) as tmp:
+        write_rows(predictions, tmp, delimiter=",")
+
+
+if __name__ == "__main__":
+    run(main)

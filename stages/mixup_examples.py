@@ -1,0 +1,51 @@
+"""Stage `mixup_examples`: a picture of what mixup feeds the network.
+
+Draws a few real training batches exactly as the mixup variant does (one lambda per batch from
+Beta(alpha, alpha), each image blended with its predecessor) and saves metrics/mixup_examples.png,
+each mixed image titled with its two labels and their weights.
+"""
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from stages import paths  # noqa: E402
+from stages.mixup import mixup_batch, sample_lambda  # noqa: E402
+from stages.params import load_params  # noqa: E402
+from stages.stage import UserError, atomic_output, run  # noqa: E402
+
+ROWS, COLUMNS = 4, 6  # batches shown, images per batch
+
+
+def main():
+    params = load_params("train", "mixup")
+    if not paths.prepared_file("train_x").is_file():
+        raise UserError(f"{paths.PREPARED} is missing: run `dvc repro prepare` first")
+    images = np.load(paths.prepared_file("train_x"), mmap_mode="r")
+    labels = np.load(paths.prepared_file("train_y"))
+    classes = json.loads((paths.PREPARED / "classes.json").read_text())
+    torch.manual_seed(params["train"]["seed"])
+    fig, axes = plt.subplots(ROWS, COLUMNS, figsize=(2.1 * COLUMNS, 2.4 * ROWS), constrained_layout=True)
+    for row in range(ROWS):
+        idx = torch.randperm(len(images))[:COLUMNS].sort().values.numpy()
+        x, y = torch.from_numpy(images[idx]), labels[idx]
+        lam = sample_lambda(params["mixup"]["alpha"])
+        mixed = mixup_batch(x, lam)
+        for col, ax in enumerate(axes[row]):
+            ax.imshow(mixed[col].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            ax.set_title(f"{lam:.2f} {classes[y[col]]}\n{1 - lam:.2f} {classes[y[col - 1]]}", fontsize=9)
+            ax.axis("off")
+    fig.suptitle(f"Mixup as trained (alpha = {params['mixup']['alpha']}): each image blended with its "
+                 "neighbour in the batch, one lambda per batch (row)", fontsize=11)
+    with atomic_output(paths.MIXUP_EXAMPLES_PNG) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    print(f"wrote {paths.MIXUP_EXAMPLES_PNG}")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,91 @@
+"""Fault tolerance through the real stages and DVC: kills resume, NaNs stop, nothing half-written."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from stages.metrics import read_tsv
+from tests.conftest import dvc_env
+
+TIMING = ("seconds", "examples_per_sec")
+
+
+def learning_curve(project, variant):
+    return [{k: v for k, v in row.items() if k not in TIMING}
+            for row in read_tsv(project.path / f"metrics/{variant}/epochs.tsv")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_killed_training_resumes_with_the_metrics_of_an_uninterrupted_run(project, sig):
+    project.set_params(train={"epochs": 12})
+    project.dvc("repro", "prepare")
+    resume = project.path / "data/resume/baseline.pt"
+    for _attempt in range(5):
+        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train_baseline"], cwd=project.path,
+                                env=dvc_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        while not resume.exists() and proc.poll() is None:
+            time.sleep(0.02)
+        time.sleep(random.uniform(0, 0.3))  # somewhere inside a later epoch
+        os.killpg(proc.pid, sig)  # the whole process group, as a terminal's Ctrl-C or a power loss would
+        proc.communicate(timeout=60)
+        if proc.returncode != 0:
+            break  # killed before the end (else try again: the run outran us)
+    assert proc.returncode != 0, "could not interrupt the run"
+    assert resume.exists()
+    assert not (project.path / "metrics/baseline/epochs.tsv").exists()  # nothing half-written
+    resumed = project.dvc("repro", "train_baseline")
+    assert "resuming baseline after epoch" in resumed.stdout
+    assert not resume.exists()
+    after_kill = learning_curve(project, "baseline")
+    assert len(after_kill) == 12
+
+    fresh = project.dvc("repro", "--force", "train_baseline")  # --force: no run-cache, train from scratch
+    assert "resuming" not in fresh.stdout
+    assert learning_curve(project, "baseline") == after_kill
+
+
+def test_resume_state_from_other_params_is_ignored(project):
+    project.set_params(train={"epochs": 6})
+    project.dvc("repro", "train_baseline")
+    resume = project.path / "data/resume/baseline.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train", "baseline"], cwd=project.path, env=dvc_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    while not resume.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    project.set_params(train={"epochs": 6, "lr": 0.002})
+    result = project.dvc("repro", "train_baseline")
+    assert "ignoring data/resume/baseline.pt: it was written for other params" in result.stdout
+    assert "resuming" not in result.stdout
+
+
+def test_diverging_loss_stops_the_stage_with_a_clear_error(project):
+    project.set_params(train={"lr": 1e6, "epochs": 3})
+    result = project.dvc("repro", "train_baseline", check=False)
+    assert result.returncode != 0
+    assert "the training loss became" in result.stderr and "lower train.lr (now 1000000.0)" in result.stderr
+    assert not (project.path / "metrics/baseline/epochs.tsv").exists()
+    assert not (project.path / "models/baseline/final.pt").exists()
+
+
+def test_missing_prepared_labels_are_reported(project):
+    project.dvc("repro", "prepare")
+    (project.path / "data/prepared/train_y.npy").unlink()
+    result = project.run(sys.executable, "-m", "stages.train", "baseline", check=False)
+    assert result.returncode == 1 and "train_y.npy" in result.stderr
+
+
+def test_prepared_arrays_that_disagree_are_reported(project):
+    import numpy as np
+    project.dvc("repro", "prepare")
+    labels = project.path / "data/prepared/eval_y.npy"
+    np.save(labels, np.load(labels)[:-1])
+    result = project.run(sys.executable, "-m", "stages.train", "baseline", check=False)
+    assert result.returncode == 1
+    assert "expected 100 int64 labels in 0..9 to match 100 images" in result.stderr
