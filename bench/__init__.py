@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.train_speed` (make bench)."""
