@@ -153,14 +153,18 @@ def test_plots_page_renders_offline(project, tmp_path):
         assert len(dom.charts[plot_id]) == 1, f"plot {plot_id} did not render (charts: {dom.charts[plot_id]})"
         if dom.charts[plot_id] == ["svg"]:  # an SVG chart's text is in the DOM: check what it says
             text = " ".join(dom.text[plot_id])
-            for variant in VARIANTS:  # the legend names metrics/<variant>/epochs.tsv less the common prefix
-                assert f"{variant}/epochs.tsv" in text, f"plot {plot_id}: no {variant} in its legend"
+            files = list(props.get("y", {}))
+            if len(files) > 1:  # the legend names each file less the common prefix: <variant>/<file>
+                for file in files:
+                    shown = "/".join(Path(file).parts[-2:])
+                    assert shown in text, f"plot {plot_id}: no {shown} in its legend"
+                assert {Path(f).parts[-2] for f in files} == set(VARIANTS), f"plot {plot_id}: not both variants"
             for key in ("title", "x_label", "y_label"):
                 if props.get(key):
                     assert props[key] in text, f"plot {plot_id}: no {key} {props[key]!r}"
 
     screenshot = tmp_path / "plots.png"
-    chromium(index, tmp_path, f"--screenshot={screenshot}", "--window-size=1400,1900")
+    chromium(index, tmp_path, f"--screenshot={screenshot}", "--window-size=1400,3200")
     assert screenshot.stat().st_size > 10_000
     if os.environ.get("PLOTS_SCREENSHOT"):
         shutil.copyfile(screenshot, os.environ["PLOTS_SCREENSHOT"])
