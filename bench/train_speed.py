@@ -119,7 +119,7 @@ def bare(device, fast=False):
     x, y = torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device)
     if fast:
         x = x.contiguous(memory_format=torch.channels_last)
-        train.keep_freed_memory()
+        train.tune_cpu()
     batches = list(zip(x.split(BATCH), y.split(BATCH), strict=True))  # views: no copy, no indexing
     nets, at = {v: train.new_model_and_optimizer(device, LR) if fast else plain_net(device) for v in VARIANTS}, 0
 

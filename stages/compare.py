@@ -61,6 +61,7 @@ def draw(results, out):
                 ax.annotate(f"{best[column]:.4f} @ {best['epoch']}", (best["epoch"], best[column]),
                             textcoords="offset points", xytext=(-30, 10 if mark is max else -16),
                             color=COLORS[variant], fontsize=9, fontweight="bold")
+        ax.margins(y=0.1)  # room for the labels of the marked points
         style(ax, title, "epoch", ylabel)
     axes[0, 0].legend(frameon=False, loc="lower right")
 
