@@ -7,13 +7,12 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # page renders offline; generated from the pinned vl-convert-python, git-ignored, never committed.
 PLOTS_TEMPLATE := .dvc/plots-offline.html
 
-.PHONY: setup repro test lint bench plots clean
+.PHONY: setup repro test lint bench plots sweep-report clean
 
 setup: $(VENV)/.installed $(PLOTS_TEMPLATE)
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -r requirements.txt
 	touch $@
 
@@ -34,6 +33,9 @@ bench: setup
 
 plots: setup
 	dvc plots show
+
+sweep-report: setup
+	python -m stages.sweep_report
 
 clean:
 	rm -rf $(VENV) dvc_plots .pytest_cache $(PLOTS_TEMPLATE)

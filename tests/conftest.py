@@ -100,9 +100,7 @@ class Project:
         return (self.path / relative).read_text()
 
 
-@pytest.fixture
-def project(tmp_path, tiny_archive):
-    path = tmp_path / "project"
+def new_project(path, tiny_archive):
     path.mkdir()
     for name in PROJECT_FILES:
         source = ROOT / name
@@ -120,3 +118,24 @@ def project(tmp_path, tiny_archive):
     p.set_params(data={"url": str(archive), "md5": md5}, train={"epochs": 2, "batch_size": 50})
     p.commit("tiny project")
     return p
+
+
+@pytest.fixture
+def project(tmp_path, tiny_archive):
+    """The pipeline in a fresh git + DVC repo, on the tiny archive, nothing run yet."""
+    return new_project(tmp_path / "project", tiny_archive)
+
+
+@pytest.fixture(scope="session")
+def finished_template(tmp_path_factory, tiny_archive):
+    p = new_project(tmp_path_factory.mktemp("finished") / "project", tiny_archive)
+    p.dvc("repro")
+    p.commit("first run")
+    return p
+
+
+@pytest.fixture
+def finished_project(tmp_path, finished_template):
+    """A copy of a project whose whole pipeline has run and been committed (one run per session)."""
+    shutil.copytree(finished_template.path, tmp_path / "project", symlinks=True)
+    return Project(tmp_path / "project")

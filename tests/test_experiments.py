@@ -9,9 +9,8 @@ from tests.conftest import Project
 from tests.test_pipeline import ran
 
 
-def test_evaluate_params_rerun_only_evaluation_and_comparison(project):
-    project.dvc("repro")
-    project.commit("first run")
+def test_evaluate_params_rerun_only_evaluation_and_comparison(finished_project):
+    project = finished_project
     before = json.loads(project.read("metrics/mixup/evaluation.json"))
     result = project.dvc("exp", "run", "-S", "evaluate.fgsm_eps_255=[1,16]", "-S", "evaluate.ece_bins=10")
     assert ran(result) == ["evaluate_baseline", "evaluate_mixup", "compare"]
@@ -21,8 +20,8 @@ def test_evaluate_params_rerun_only_evaluation_and_comparison(project):
     assert "FGSM accuracy at 16/255" in project.read("metrics/comparison.md")
 
 
-def test_remote_round_trip_then_nothing_reruns(project, tmp_path):
-    project.dvc("repro")
+def test_remote_round_trip_then_nothing_reruns(finished_project, tmp_path):
+    project = finished_project
     project.dvc("remote", "add", "-d", "shared", str(tmp_path / "remote"))
     project.commit("results and remote")
     project.dvc("push", "--run-cache")
@@ -34,9 +33,8 @@ def test_remote_round_trip_then_nothing_reruns(project, tmp_path):
     assert ran(result) == [] and "Data and pipelines are up to date" in result.stdout
 
 
-def test_queued_alpha_and_seed_sweep_then_report(project):
-    project.dvc("repro")
-    project.commit("first run")
+def test_queued_alpha_and_seed_sweep_then_report(finished_project):
+    project = finished_project
     project.dvc("exp", "run", "--queue", "-S", "mixup.alpha=0.2,0.4", "-S", "train.seed=0,1")
     project.dvc("queue", "start", "-j", "2")
     deadline = time.time() + 600

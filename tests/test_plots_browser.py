@@ -112,8 +112,8 @@ def plot_definitions(dvc_yaml):
         yield Renderer.remove_special_chars(name), props, image
 
 
-def test_plots_page_renders_offline(project, tmp_path):
-    project.dvc("repro")
+def test_plots_page_renders_offline(finished_project, tmp_path):
+    project = finished_project
     template_setting = ConfigObj(str(ROOT / ".dvc/config"))["plots"]["html_template"]
     assert template_setting == plots_template.CONFIG_VALUE, "the committed .dvc/config must name the template"
 
