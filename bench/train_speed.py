@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from stages import paths, train
+from stages import paths, steps, train
 from stages.cifar import minmax, read_archive
 from stages.model import lenet
 
@@ -82,7 +82,7 @@ def project(device):
         images, labels = float_images()
         x = torch.from_numpy(images).to(device).contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(labels).to(device)
-    nets = {v: train.new_model_and_optimizer(device, LR) for v in VARIANTS}
+    nets = {v: steps.new_model_and_optimizer(device, LR) for v in VARIANTS}
     graphed = {}  # CUDA: the stages' GraphedEpochs, one per (variant, steps), over the first steps * BATCH images
 
     def run(variant, steps):
@@ -90,11 +90,11 @@ def project(device):
         if device.type == "cuda":
             key = (variant, steps)
             if key not in graphed:
-                graphed[key] = train.GraphedEpochs(*nets[variant], x[:steps * BATCH], y[:steps * BATCH], BATCH)
+                graphed[key] = steps.GraphedEpochs(*nets[variant], x[:steps * BATCH], y[:steps * BATCH], BATCH)
             losses = graphed[key].epoch(torch.randperm(steps * BATCH, device=device), alpha)
         else:
             order = torch.randperm(len(x), device=device)[:steps * BATCH]
-            losses = train.train_epoch(*nets[variant], x, y, order, BATCH, alpha)
+            losses = steps.train_epoch(*nets[variant], x, y, order, BATCH, alpha)
         losses.mean().item()  # the stage reads the losses once, at the end of the epoch
     return run
 
@@ -110,7 +110,7 @@ def dataloader(device):
                 batches = iter(loader)
                 batch = next(batches)
             x, y = batch[0].to(device), batch[1].to(device)
-            train.train_step(*nets[variant], x, y, ALPHA if variant == "mixup" else None).item()
+            steps.train_step(*nets[variant], x, y, ALPHA if variant == "mixup" else None).item()
     return run
 
 
@@ -119,14 +119,14 @@ def bare(device, fast=False):
     x, y = torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device)
     if fast:
         x = x.contiguous(memory_format=torch.channels_last)
-        train.tune_cpu()
+        steps.tune_cpu()
     batches = list(zip(x.split(BATCH), y.split(BATCH), strict=True))  # views: no copy, no indexing
-    nets, at = {v: train.new_model_and_optimizer(device, LR) if fast else plain_net(device) for v in VARIANTS}, 0
+    nets, at = {v: steps.new_model_and_optimizer(device, LR) if fast else plain_net(device) for v in VARIANTS}, 0
 
     def run(variant, steps):
         nonlocal at
         for _ in range(steps):
-            train.train_step(*nets[variant], *batches[at], ALPHA if variant == "mixup" else None)
+            steps.train_step(*nets[variant], *batches[at], ALPHA if variant == "mixup" else None)
             at = (at + 1) % len(batches)
     return run
 

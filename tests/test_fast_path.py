@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stages import train
+from stages import steps
 from stages.mixup import mixup_batch, mixup_loss, sample_lambda
 from stages.model import lenet
 
@@ -42,7 +42,7 @@ def data(steps, dtype):
 def models(dtype):
     """The fast model and optimizer as the stages make them, and a plain copy with Adam's default."""
     torch.manual_seed(0)
-    fast, fast_optimizer = train.new_model_and_optimizer("cpu", 1e-3)
+    fast, fast_optimizer = steps.new_model_and_optimizer("cpu", 1e-3)
     fast.to(dtype)  # in place: the optimizer keeps its parameters, the layout stays channels_last
     assert fast[0].weight.is_contiguous(memory_format=torch.channels_last) and fast_optimizer.defaults["fused"]
     plain = lenet().to(dtype)
@@ -70,7 +70,7 @@ def plain_epoch(model, optimizer, x, y, order, alpha):
 def both(x, y, order, alpha, dtype):
     fast, fast_optimizer, plain, plain_optimizer = models(dtype)
     torch.manual_seed(1)  # the lambdas
-    fast_losses = train.train_epoch(fast, fast_optimizer, x.contiguous(memory_format=torch.channels_last), y,
+    fast_losses = steps.train_epoch(fast, fast_optimizer, x.contiguous(memory_format=torch.channels_last), y,
                                     order, BATCH, alpha)
     torch.manual_seed(1)
     plain_losses = plain_epoch(plain, plain_optimizer, x, y, order, alpha)
@@ -104,9 +104,9 @@ def test_the_cuda_path_computes_the_same_plain_epoch():
     x, y, order = data(STEPS, torch.float64)
     x = x.contiguous(memory_format=torch.channels_last)
     fast, fast_optimizer, _, _ = models(torch.float64)
-    fast_losses = train.train_epoch(fast, fast_optimizer, x, y, order, BATCH)
+    fast_losses = steps.train_epoch(fast, fast_optimizer, x, y, order, BATCH)
     graphed, graphed_optimizer, _, _ = models(torch.float64)
-    runner = train.GraphedEpochs(graphed, graphed_optimizer, x, y, BATCH)
+    runner = steps.GraphedEpochs(graphed, graphed_optimizer, x, y, BATCH)
     runner.eager = True  # no capture on the CPU: the same step, run eagerly
     losses = runner.epoch(order)
     assert runner.counter.item() == STEPS and (runner.lams == 1).all()
@@ -122,9 +122,9 @@ def test_the_cuda_path_computes_the_same_mixup_steps():
     x = x.contiguous(memory_format=torch.channels_last)
     fast, fast_optimizer, _, _ = models(torch.float64)
     torch.manual_seed(1)
-    fast_losses = train.train_epoch(fast, fast_optimizer, x, y, order, BATCH, alpha=1.0)
+    fast_losses = steps.train_epoch(fast, fast_optimizer, x, y, order, BATCH, alpha=1.0)
     graphed, graphed_optimizer, _, _ = models(torch.float64)
-    runner = train.GraphedEpochs(graphed, graphed_optimizer, x, y, BATCH)
+    runner = steps.GraphedEpochs(graphed, graphed_optimizer, x, y, BATCH)
     runner.order.copy_(order)
     torch.manual_seed(1)
     runner.lams.copy_(torch.stack([sample_lambda(1.0) for _ in range(STEPS)]))

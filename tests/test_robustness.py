@@ -46,29 +46,28 @@ def test_accuracy_does_not_rise_with_epsilon():
     assert accuracy[-1] < accuracy[0]
 
 
-def test_perfectly_calibrated_predictions_have_zero_ece():
-    # In each confidence bin, the accuracy equals the confidence: 0.7 -> 7 of 10 right, 0.9 -> 9 of 10.
+def predictions(cases, predicted=0):
+    """For each (confidence, right): 10 predictions of class `predicted` at that confidence, `right` of them correct."""
     probs, labels = [], []
-    for confidence, right in ((0.7, 7), (0.9, 9)):
+    for confidence, right in cases:
         for i in range(10):
             p = torch.full((10,), (1 - confidence) / 9)
-            p[0] = confidence
+            p[predicted] = confidence
             probs.append(p)
-            labels.append(0 if i < right else 1)
-    assert expected_calibration_error(torch.stack(probs), torch.tensor(labels), bins=15) == pytest.approx(0, abs=1e-6)
+            labels.append(predicted if i < right else predicted + 1)
+    return torch.stack(probs), torch.tensor(labels)
+
+
+def test_perfectly_calibrated_predictions_have_zero_ece():
+    # In each confidence bin the accuracy equals the confidence: 0.7 -> 7 of 10 right, 0.9 -> 9 of 10.
+    probs, labels = predictions([(0.7, 7), (0.9, 9)])
+    assert expected_calibration_error(probs, labels, bins=15) == pytest.approx(0, abs=1e-6)
 
 
 def test_known_miscalibration():
     # 10 predictions at confidence 0.9 with 5 right, and 10 at 0.6 with all right:
     # ECE = 0.5 * |0.5 - 0.9| + 0.5 * |1.0 - 0.6| = 0.4
-    probs, labels = [], []
-    for confidence, right in ((0.9, 5), (0.6, 10)):
-        for i in range(10):
-            p = torch.full((10,), (1 - confidence) / 9)
-            p[3] = confidence
-            probs.append(p)
-            labels.append(3 if i < right else 4)
-    probs, labels = torch.stack(probs), torch.tensor(labels)
+    probs, labels = predictions([(0.9, 5), (0.6, 10)], predicted=3)
     assert expected_calibration_error(probs, labels, bins=15) == pytest.approx(0.4, abs=1e-6)
     bins = reliability_bins(probs.max(1).values, probs.argmax(1) == labels, 15)
     assert sum(n for _, _, n, _, _ in bins) == 20 and len(bins) == 15

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stages import paths, prepare, train
+from stages import paths, prepare, steps, train
 from stages.model import lenet
 from stages.stage import UserError
 
@@ -32,19 +32,19 @@ def test_prepare_writes_normalized_nchw_arrays(prepared):
 
 def test_lambda_drawn_once_per_batch_only_after_warmup(prepared, monkeypatch):
     drawn = []
-    real = train.sample_lambda
+    real = steps.sample_lambda
 
     def spy(alpha, device):
         drawn.append(alpha)
         return real(alpha, device)
-    monkeypatch.setattr(train, "sample_lambda", spy)
+    monkeypatch.setattr(steps, "sample_lambda", spy)
     rows, _, _ = train.train_variant("mixup", TRAIN, {"alpha": 0.4, "warmup": 1}, torch.device("cpu"))
     assert drawn == [0.4] * 5  # 250 images / batch 50: one draw per batch, in epoch 2 only
     assert len(rows) == 2
 
 
 def test_baseline_never_mixes(prepared, monkeypatch):
-    monkeypatch.setattr(train, "sample_lambda", lambda *a: pytest.fail("baseline drew a lambda"))
+    monkeypatch.setattr(steps, "sample_lambda", lambda *a: pytest.fail("baseline drew a lambda"))
     train.train_variant("baseline", TRAIN, None, torch.device("cpu"))
 
 

@@ -1,0 +1,158 @@
+"""The training step, fast on the CPU and on CUDA; the training stages and the benchmark run it.
+
+CPU: `train_epoch`, an eager loop over a shuffled index into one in-memory channels_last tensor,
+fused Adam, the losses kept as tensors until the epoch ends, and `tune_cpu`'s process settings.
+CUDA: `GraphedEpochs`, the same step captured once as a CUDA graph and replayed. Both compute what
+the plain textbook loop computes (tests/test_fast_path.py); `python -m bench.train_speed` times them.
+"""
+import ctypes
+import functools
+import warnings
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from stages.mixup import mixup_batch, mixup_loss, sample_lambda
+from stages.model import lenet
+
+
+def new_model_and_optimizer(device, lr):
+    """LeNet in channels_last (the faster conv layout on CPU) and Adam as Keras ran it.
+
+    Fused: one kernel per step, measured faster on the CPU too; capturable on CUDA, for GraphedEpochs.
+    """
+    model = lenet().to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-7, fused=True,
+                                 capturable=torch.device(device).type == "cuda")
+    return model, optimizer
+
+
+def train_step(model, optimizer, x, y, alpha=None):
+    """One optimizer step, with mixup when alpha is given; returns the loss without a host sync."""
+    if alpha is not None:
+        lam = sample_lambda(alpha, x.device)
+        loss = mixup_loss(model(mixup_batch(x, lam)), y, lam)
+    else:
+        loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def train_epoch(model, optimizer, train_x, train_y, order, batch_size, alpha=None, progress=None):
+    """One pass over `order` in batches (the last partial batch dropped); returns per-step losses.
+
+    Losses stay on the device; with `progress` (a label) a tqdm bar shows the running loss.
+    This is the CPU path (and the reference for the CUDA one, GraphedEpochs).
+    """
+    tune_cpu()
+    steps = len(order) // batch_size
+    losses = torch.zeros(steps, device=train_x.device)
+    for step in _progress(0, steps, progress, losses):
+        idx = order[step * batch_size:(step + 1) * batch_size]
+        losses[step] = train_step(model, optimizer, train_x[idx], train_y[idx], alpha)
+    return losses
+
+
+@functools.cache
+def tune_cpu():
+    """Two process-wide CPU settings that each made training measurably faster here, same results.
+
+    - glibc keeps freed blocks of up to 32 MiB for reuse instead of handing them back to the OS.
+      PyTorch's CPU allocator has no cache: each step allocates and frees activations of a few MiB,
+      which glibc by default maps and unmaps every time, so the kernel zero-fills fresh pages on every
+      step (1.3-1.7x per step, bench/train_speed.py). Without glibc this part does nothing.
+    - Denormal floats flush to zero. Mixup's gradients drift into the denormal range, where x86
+      arithmetic is many times slower: the mixup stage ran at 5,800 img/s without, 7,700 with, and
+      its per-epoch metrics agreed to the digits logged.
+    """
+    torch.set_flush_denormal(True)
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        return
+    mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks below 32 MiB (glibc's maximum) come from the heap
+    mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: give the heap's top back only beyond 1 GiB free
+
+
+def _progress(start, steps, label, losses):
+    """range(start, steps); with a label, under a tqdm bar showing the mean loss of the last 50 steps."""
+    bar = tqdm(range(start, steps), desc=label, total=steps, initial=start, disable=label is None, leave=False)
+    for step in bar:
+        yield step
+        if label is not None and step % 50 == 49:  # the one host sync, every 50 steps, only with a bar
+            bar.set_postfix(loss=f"{losses[step - 49:step + 1].mean().item():.4f}")
+
+
+class GraphedEpochs:
+    """The CUDA path: the training step captured once as a CUDA graph, then replayed for every step.
+
+    A graph replays fixed kernels on fixed memory, so everything a step reads lives in device buffers
+    that the host refills once per epoch: the shuffled order, one lambda per step, the per-step losses
+    and a step counter that the step itself advances. Plain epochs use lambda = 1, which is exactly the
+    plain step (1 * x + 0 * x_prev = x and 1 * CE(y) + 0 * CE(y_prev) = CE(y)), so one graph serves
+    both. The first WARMUP steps run eagerly on a side stream (Adam makes its state on its first step),
+    as torch.cuda.graph's documentation asks; if capture fails the same step runs eagerly, still with
+    no host sync inside the epoch.
+    """
+    WARMUP = 3
+
+    def __init__(self, model, optimizer, train_x, train_y, batch_size):
+        device = train_x.device
+        self.model, self.optimizer, self.x, self.y, self.batch_size = model, optimizer, train_x, train_y, batch_size
+        self.steps = len(train_x) // batch_size
+        self.order = torch.zeros(len(train_x), dtype=torch.long, device=device)
+        self.lams = torch.ones(self.steps, device=device)  # float32, as sample_lambda draws them
+        self.losses = torch.zeros(self.steps, device=device)
+        self.counter = torch.zeros(1, dtype=torch.long, device=device)
+        self.offsets = torch.arange(batch_size, device=device)
+        self.graph, self.eager = None, False
+
+    def step(self):
+        """Train on batch number `counter` of the order, record its loss, advance the counter."""
+        idx = self.order.index_select(0, self.counter * self.batch_size + self.offsets)
+        x, y = self.x[idx], self.y[idx]
+        lam = self.lams.index_select(0, self.counter).squeeze(0)
+        loss = mixup_loss(self.model(mixup_batch(x, lam)), y, lam)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.losses.index_copy_(0, self.counter, loss.detach().float().unsqueeze(0))
+        self.counter += 1
+
+    def epoch(self, order, alpha=None, progress=None):
+        """Train one epoch in the given order, mixing when alpha is given; returns per-step losses."""
+        self.order.copy_(order)
+        if alpha is None:
+            self.lams.fill_(1.0)
+        else:
+            concentration = torch.full((), float(alpha), device=self.x.device)
+            beta = torch.distributions.Beta(concentration, concentration, validate_args=False)  # no sync
+            self.lams.copy_(beta.sample((self.steps,)))
+        self.counter.zero_()
+        done = self.capture() if self.graph is None and not self.eager else 0
+        for _ in _progress(done, self.steps, progress, self.losses):
+            self.graph.replay() if self.graph is not None else self.step()
+        return self.losses.clone()
+
+    def capture(self):
+        """Warm up, then record one step as a graph (recording runs nothing); returns the steps run."""
+        warmup = min(self.WARMUP, self.steps)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                self.step()
+        torch.cuda.current_stream().wait_stream(side)
+        try:
+            graph = torch.cuda.CUDAGraph()
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                self.step()
+            self.graph = graph
+        except RuntimeError as e:
+            warnings.warn(f"CUDA graph capture failed, training eagerly instead: {e}", stacklevel=2)
+            self.eager = True
+        return warmup
