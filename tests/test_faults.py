@@ -15,6 +15,12 @@ from tests.conftest import dvc_env
 TIMING = ("seconds", "examples_per_sec")
 
 
+def default_sigint():
+    """Let the run take Ctrl-C as from a terminal, even when pytest itself runs in the background
+    (a shell starts background jobs with SIGINT ignored, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def learning_curve(project, variant):
     return [{k: v for k, v in row.items() if k not in TIMING}
             for row in read_tsv(project.path / f"metrics/{variant}/epochs.tsv")]
@@ -28,7 +34,7 @@ def test_killed_training_resumes_with_the_metrics_of_an_uninterrupted_run(projec
     for _attempt in range(5):
         proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--force", "train_baseline"],
                                 cwd=project.path, env=dvc_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=default_sigint)
         while not resume.exists() and proc.poll() is None:
             time.sleep(0.01)
         time.sleep(random.uniform(0, 0.2))  # somewhere inside a later epoch
