@@ -30,7 +30,9 @@ SOURCES = [Path(__file__).with_name(n) for n in ("train.py", "steps.py", "model.
 
 
 def resolve_device(name):
-    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
     label = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {device} ({label})")
     return device
@@ -38,6 +40,9 @@ def resolve_device(name):
 
 def load_split(split, device):
     """Images as a channels_last tensor (the faster conv layout on CPU), labels as int64."""
+    for name in (f"{split}_x", f"{split}_y"):
+        if not paths.prepared_file(name).is_file():
+            raise UserError(f"{paths.prepared_file(name)} is missing: run `dvc repro prepare`")
     x = np.load(paths.prepared_file(f"{split}_x"), mmap_mode="c")  # copy-on-write: writable, read lazily
     y = np.load(paths.prepared_file(f"{split}_y"))
     if x.ndim != 4 or x.shape[1:] != (3, 32, 32) or x.dtype != np.float32:

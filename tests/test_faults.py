@@ -86,7 +86,8 @@ def test_missing_prepared_labels_are_reported(project):
     project.dvc("repro", "prepare")
     (project.path / "data/prepared/train_y.npy").unlink()
     result = project.run(sys.executable, "-m", "stages.train", "baseline", check=False)
-    assert result.returncode == 1 and "train_y.npy" in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "data/prepared/train_y.npy is missing: run `dvc repro prepare`" in result.stderr
 
 
 def test_prepared_arrays_that_disagree_are_reported(project):
