@@ -20,10 +20,11 @@ from dvc_render.base import Renderer
 from dvc_render.image import ImageRenderer
 
 from stages import plots_template
+from stages.paths import VARIANTS
 from tests.conftest import ROOT, dvc_env
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-VARIANTS = ("baseline", "mixup")
+
 DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens, every request fails at once
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
