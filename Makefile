@@ -3,21 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 # Stage commands in dvc.yaml call `python`: make it the project's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-# The page template `dvc plots show` uses (.dvc/config: plots.html_template), with vega inline so the
-# page renders offline; generated from the pinned vl-convert-python, git-ignored, never committed.
-PLOTS_TEMPLATE := .dvc/plots-offline.html
 
-.PHONY: setup repro test lint bench plots sweep-report clean
+.PHONY: setup repro test lint bench plots sweep-report study study-report clean
 
-setup: $(VENV)/.installed $(PLOTS_TEMPLATE)
+setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q -r requirements.txt
 	touch $@
-
-$(PLOTS_TEMPLATE): $(VENV)/.installed stages/plots_template.py
-	python -m stages.plots_template
 
 repro: setup
 	dvc repro
@@ -26,7 +20,7 @@ test: setup
 	python -m pytest
 
 lint: setup
-	ruff check stages tests bench
+	ruff check stages lenet_mixup tools tests bench
 
 bench: setup
 	python -m bench.train_speed
@@ -35,7 +29,13 @@ plots: setup
 	dvc plots show
 
 sweep-report: setup
-	python -m stages.sweep_report
+	python -m tools.sweep_report
+
+study: setup
+	python -m tools.study run
+
+study-report: setup
+	python -m tools.study report
 
 clean:
-	rm -rf $(VENV) dvc_plots .pytest_cache $(PLOTS_TEMPLATE)
+	rm -rf $(VENV) dvc_plots .pytest_cache

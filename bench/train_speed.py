@@ -1,10 +1,12 @@
 """Training speed: the project's loop against the loop most users write and a bare step loop.
 
     python -m bench.train_speed [--steps 200] [--warmup 20] [--device auto|cpu|cuda] [--threads N]
+                                [--loops project,project-bf16,...] [--images N]
 
-Same data, same model (stages.model.lenet), Adam (lr 1e-3, eps 1e-7), batch 50, plain and mixup (alpha 1):
-  project     stages.train as the stages run it: the set resident as one channels_last tensor, batches
-              gathered by a shuffled index, fused Adam, losses left on the device (a CUDA graph on CUDA)
+Same data, same model (lenet_mixup.model.lenet), Adam (lr 1e-3, eps 1e-7), batch 50, plain and mixup (alpha 1):
+  project     lenet_mixup.steps as the training stages run it: the set resident as one channels_last tensor,
+              batches gathered by a shuffled index, fused Adam, losses left on the device (a CUDA graph on CUDA)
+  project-bf16  the same with train.precision bf16: bf16 autocast for the forward pass and the loss
   dataloader  a torchvision-style Dataset of uint8 NCHW images with Minmax per item, DataLoader(shuffle=True,
               batch_size=50, num_workers=0), NCHW model, Adam's default implementation, loss.item() every step
   bare        the same step as `dataloader` on NCHW batches already in memory, no indexing: that step's ceiling
@@ -23,30 +25,32 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from stages import paths, steps, train
-from stages.cifar import minmax, read_archive
-from stages.model import lenet
+from lenet_mixup import paths, steps
+from lenet_mixup.cifar import minmax, read_archive
+from lenet_mixup.data import load_split
+from lenet_mixup.mixup import sample_lambdas
+from lenet_mixup.model import lenet
 
 BATCH, LR, EPS, ALPHA = 50, 1e-3, 1e-7, 1.0
 FORWARD_MFLOP, TRAIN_MFLOP = 9.10, 25.7  # per image: forward; forward + backward
 EPOCHS, EPOCH_STEPS = 35, 1000  # a full stage: 35 epochs of 1000 steps of 50 images
-LOOPS, VARIANTS, WINDOW = ("project", "dataloader", "bare", "bare-fast"), ("baseline", "mixup"), 20
-SYNTHETIC = 50_000
+LOOPS, VARIANTS, WINDOW = ("project", "project-bf16", "dataloader", "bare", "bare-fast"), ("baseline", "mixup"), 20
 
 
 def real():
     return all(paths.prepared_file(n).exists() for n in ("train_x", "train_y"))
 
 
-def float_images():
-    """The prepared images (float32 NCHW after Minmax) and labels, or synthetic ones (the same in every process)."""
+def float_images(synthetic):
+    """The prepared images (float32 NCHW after Minmax) and labels, or `synthetic` random ones (the same in
+    every process)."""
     if real():
         return np.load(paths.prepared_file("train_x")), np.load(paths.prepared_file("train_y"))
-    x, y = uint8_images()
+    x, y = uint8_images(synthetic)
     return minmax(x), y
 
 
-def uint8_images():
+def uint8_images(synthetic):
     """The same images before Minmax: the archive's, or the prepared ones scaled back, or synthetic ones."""
     if real() and paths.RAW_ARCHIVE.exists():
         return read_archive(paths.RAW_ARCHIVE)[:2]
@@ -54,7 +58,7 @@ def uint8_images():
         return np.rint(np.load(paths.prepared_file("train_x")) * 255).astype(np.uint8), \
             np.load(paths.prepared_file("train_y"))
     rng = np.random.default_rng(0)
-    return rng.integers(0, 256, (SYNTHETIC, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, SYNTHETIC)
+    return rng.integers(0, 256, (synthetic, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, synthetic)
 
 
 class MinmaxImages(Dataset):
@@ -75,69 +79,77 @@ def plain_net(device):
     return model, torch.optim.Adam(model.parameters(), lr=LR, eps=EPS)
 
 
-def project(device):
+def lams(variant, n, device):
+    """The lambdas of `n` steps of a variant: an epoch's worth at once, as the training loop draws them."""
+    return sample_lambdas(ALPHA, n, device) if variant == "mixup" else None
+
+
+def project(device, synthetic, precision="fp32"):
     if real():
-        x, y = train.load_split("train", device)
+        x, y = load_split("train", device)
     else:
-        images, labels = float_images()
+        images, labels = float_images(synthetic)
         x = torch.from_numpy(images).to(device).contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(labels).to(device)
     nets = {v: steps.new_model_and_optimizer(device, LR) for v in VARIANTS}
-    graphed = {}  # CUDA: the stages' GraphedEpochs, one per (variant, steps), over the first steps * BATCH images
+    graphed = {}  # CUDA: the stages' GraphedEpochs, one per (variant, n), over the first n * BATCH images
 
-    def run(variant, steps):
-        alpha = ALPHA if variant == "mixup" else None
+    def run(variant, n):
         if device.type == "cuda":
-            key = (variant, steps)
-            if key not in graphed:
-                graphed[key] = steps.GraphedEpochs(*nets[variant], x[:steps * BATCH], y[:steps * BATCH], BATCH)
-            losses = graphed[key].epoch(torch.randperm(steps * BATCH, device=device), alpha)
+            if (variant, n) not in graphed:
+                graphed[variant, n] = steps.GraphedEpochs(*nets[variant], x[:n * BATCH], y[:n * BATCH], BATCH, n,
+                                                          precision)
+            losses = graphed[variant, n].epoch(torch.randperm(n * BATCH, device=device), lams(variant, n, device))
         else:
-            order = torch.randperm(len(x), device=device)[:steps * BATCH]
-            losses = steps.train_epoch(*nets[variant], x, y, order, BATCH, alpha)
+            order = torch.randperm(len(x), device=device)
+            losses = steps.train_epoch(*nets[variant], x, y, order, BATCH, n, lams(variant, n, device), precision)
         losses.mean().item()  # the stage reads the losses once, at the end of the epoch
     return run
 
 
-def dataloader(device):
-    loader = DataLoader(MinmaxImages(*uint8_images()), batch_size=BATCH, shuffle=True, drop_last=True)
+def dataloader(device, synthetic):
+    loader = DataLoader(MinmaxImages(*uint8_images(synthetic)), batch_size=BATCH, shuffle=True, drop_last=True)
     nets, batches = {v: plain_net(device) for v in VARIANTS}, iter(())
 
-    def run(variant, steps):
+    def run(variant, n):
         nonlocal batches
-        for _ in range(steps):
+        for lam in lams(variant, n, device) if variant == "mixup" else [None] * n:
             if (batch := next(batches, None)) is None:  # a new epoch
                 batches = iter(loader)
                 batch = next(batches)
             x, y = batch[0].to(device), batch[1].to(device)
-            steps.train_step(*nets[variant], x, y, ALPHA if variant == "mixup" else None).item()
+            steps.train_step(*nets[variant], x, y, lam).item()
     return run
 
 
-def bare(device, fast=False):
-    images, labels = float_images()
+def bare(device, synthetic, fast=False):
+    images, labels = float_images(synthetic)
     x, y = torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device)
     if fast:
         x = x.contiguous(memory_format=torch.channels_last)
         steps.tune_cpu()
-    batches = list(zip(x.split(BATCH), y.split(BATCH), strict=True))  # views: no copy, no indexing
+    batches = list(zip(x.split(BATCH), y.split(BATCH), strict=False))[:len(x) // BATCH]  # views: no copy, no index
     nets, at = {v: steps.new_model_and_optimizer(device, LR) if fast else plain_net(device) for v in VARIANTS}, 0
 
-    def run(variant, steps):
+    def run(variant, n):
         nonlocal at
-        for _ in range(steps):
-            steps.train_step(*nets[variant], *batches[at], ALPHA if variant == "mixup" else None)
+        for lam in lams(variant, n, device) if variant == "mixup" else [None] * n:
+            steps.train_step(*nets[variant], *batches[at], lam)
             at = (at + 1) % len(batches)
     return run
 
 
-def serve(kind, device, threads, conn):
-    """A loop's process: set up, then time `steps` steps of a variant on each request; last, report memory."""
+LOOP_SETUP = {"project": project, "project-bf16": lambda device, synthetic: project(device, synthetic, "bf16"),
+              "dataloader": dataloader, "bare": bare,
+              "bare-fast": lambda device, synthetic: bare(device, synthetic, fast=True)}
+
+
+def serve(kind, device, threads, synthetic, conn):
+    """A loop's process: set up, then time `n` steps of a variant on each request; last, report memory."""
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device)
-    run = {"project": project, "dataloader": dataloader, "bare": bare,
-           "bare-fast": lambda device: bare(device, fast=True)}[kind](device)
+    run = LOOP_SETUP[kind](device, synthetic)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     while (job := conn.recv()) is not None:
         sync()
@@ -157,10 +169,20 @@ def main():
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps first (default 20)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in every loop (default: torch's)")
+    parser.add_argument("--loops", default=",".join(LOOPS), help=f"which loops, comma-separated (default: all of "
+                        f"{', '.join(LOOPS)})")
+    parser.add_argument("--images", type=int, default=50_000, help="synthetic images when there is no data/prepared "
+                        "here (default 50000, CIFAR-10's training set)")
     args = parser.parse_args()
     windows = -(-args.steps // WINDOW)
+    loops = tuple(args.loops.split(","))
     if args.warmup < 0 or not 0 < windows * WINDOW <= EPOCH_STEPS:
         parser.error(f"--steps must lie in 1..{EPOCH_STEPS} and --warmup must be >= 0")
+    if not set(loops) <= set(LOOPS) or "project" not in loops:
+        parser.error(f"--loops must include project and name only {', '.join(LOOPS)}")
+    if not real() and args.images < max(windows * WINDOW, args.warmup) * BATCH:
+        parser.error(f"--images must hold at least {max(windows * WINDOW, args.warmup) * BATCH} images "
+                     f"({BATCH} per timed step)")
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device, threads = ("cuda", 0) if cuda else ("cpu", args.threads or torch.get_num_threads())
     label = torch.cuda.get_device_name() if cuda else f"CPU, torch on {threads} thread{'s' * (threads > 1)}"
@@ -168,50 +190,54 @@ def main():
     print(f"device: {device} ({label}); load average {load:.1f} on {cpus} CPUs"
           + (": other programs are running, figures are contended" if load > 0.5 else ""))
     print("data: " + ("data/prepared (real CIFAR-10)" if real() else f"synthetic random images of CIFAR-10's "
-                      f"shape ({SYNTHETIC} x 3 x 32 x 32): there is no data/prepared here"))
+                      f"shape ({args.images} x 3 x 32 x 32): there is no data/prepared here"))
     print(f"{windows * WINDOW} timed steps per loop and variant, in {windows} windows of {WINDOW} taken in turn, "
           f"after {args.warmup} untimed; batch {BATCH}; model {FORWARD_MFLOP} MFLOP forward, "
-          f"{TRAIN_MFLOP} MFLOP forward+backward per image\n")
+          f"{TRAIN_MFLOP} MFLOP forward+backward per image\n", flush=True)
     context, pipes, processes = mp.get_context("spawn"), {}, []
-    for kind in LOOPS:
+    for kind in loops:
         pipes[kind], child = context.Pipe()
-        processes.append(context.Process(target=serve, args=(kind, device, args.threads, child), daemon=True))
+        processes.append(context.Process(target=serve, args=(kind, device, args.threads, args.images, child),
+                                         daemon=True))
         processes[-1].start()
 
     def ask(kind, job):
         pipes[kind].send(job)
         return pipes[kind].recv()
 
-    seconds = {(v, k): [] for v in VARIANTS for k in LOOPS}
+    seconds = {(v, k): [] for v in VARIANTS for k in loops}
     for variant in VARIANTS:
-        for kind in LOOPS:
+        for kind in loops:
             if args.warmup:
                 ask(kind, (variant, args.warmup))
         for _ in range(windows):
-            for kind in LOOPS:
+            for kind in loops:
                 seconds[variant, kind].append(ask(kind, (variant, WINDOW)))
-    peaks = {kind: ask(kind, None) for kind in LOOPS}
+    peaks = {kind: ask(kind, None) for kind in loops}
     for process in processes:
         process.join()
 
     # The median window: a burst of load from another program spoils one window, not the figure.
     rates = {key: sorted(WINDOW * BATCH / t for t in s) for key, s in seconds.items()}
     rate = {key: float(np.median(r)) for key, r in rates.items()}
-    print(f"{'variant':9}{'loop':12}{'img/s':>8}{'(windows min-max)':>20}{'ms/step':>9}{'MFLOP/s':>10}")
+    print(f"{'variant':9}{'loop':14}{'img/s':>8}{'(windows min-max)':>20}{'ms/step':>9}{'MFLOP/s':>10}")
     for (variant, kind), r in rates.items():
-        print(f"{variant:9}{kind:12}{rate[variant, kind]:8.0f}{f'({r[0]:.0f}-{r[-1]:.0f})':>20}"
-              f"{1000 * BATCH / rate[variant, kind]:9.1f}{rate[variant, kind] * TRAIN_MFLOP:10.0f}")
+        print(f"{variant:9}{kind:14}{rate[variant, kind]:8.0f}{f'({r[0]:.0f}-{r[-1]:.0f})':>20}"
+              f"{1000 * BATCH / rate[variant, kind]:9.2f}{rate[variant, kind] * TRAIN_MFLOP:10.0f}")
     print("(img/s: the median window)\n")
+    targets = {"dataloader": " (target >= 1.3)", "bare": " (target >= 0.95)"}
     for variant in VARIANTS:
-        over = {k: rate[variant, "project"] / rate[variant, k] for k in LOOPS[1:]}
-        print(f"{variant}: project/dataloader {over['dataloader']:.2f}x (target >= 1.3), project/bare "
-              f"{over['bare']:.2f}x (target >= 0.95), project/bare-fast {over['bare-fast']:.2f}x")
+        ratios = [f"project/{k} {rate[variant, 'project'] / rate[variant, k]:.2f}x{targets.get(k, '')}"
+                  for k in loops if k not in ("project", "project-bf16")]
+        if "project-bf16" in loops:
+            ratios.append(f"project-bf16/project {rate[variant, 'project-bf16'] / rate[variant, 'project']:.2f}x")
+        print(f"{variant}: " + ", ".join(ratios))
     memory = "peak GPU memory allocated" if cuda else "peak RSS, data setup included"
     print(f"\n{memory}, and a full stage EXTRAPOLATED from these rates (not measured; {EPOCHS} epochs x "
           f"{EPOCH_STEPS} steps x {BATCH} images, training steps only, no evaluation):")
-    for kind in LOOPS:
+    for kind in loops:
         epoch = {v: EPOCH_STEPS * BATCH / rate[v, kind] / 60 for v in VARIANTS}
-        print(f"  {kind:11}{peaks[kind]:7.0f} MiB   baseline stage {EPOCHS * epoch['baseline']:5.1f} min, "
+        print(f"  {kind:13}{peaks[kind]:7.0f} MiB   baseline stage {EPOCHS * epoch['baseline']:5.1f} min, "
               f"mixup stage (1 plain + {EPOCHS - 1} mixup epochs) "
               f"{epoch['baseline'] + (EPOCHS - 1) * epoch['mixup']:5.1f} min")
 

@@ -11,11 +11,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from stages import paths  # noqa: E402
-from stages.metrics import read_rows, read_tsv, summarize  # noqa: E402
-from stages.stage import UserError, atomic_output, run  # noqa: E402
+from lenet_mixup import paths  # noqa: E402
+from lenet_mixup.metrics import read_rows, read_tsv, summarize  # noqa: E402
+from lenet_mixup.plotting import COLORS, style  # noqa: E402
+from lenet_mixup.stage import UserError, atomic_output, run  # noqa: E402
 
-COLORS = {"baseline": "#1f77b4", "mixup": "#e6550d"}
 CURVES = [  # (column, title, y label, which point to mark)
     ("eval_acc", "Eval accuracy", "accuracy", max),
     ("eval_loss", "Eval loss (overfitting shows as a rise)", "cross-entropy", min),
@@ -96,14 +96,6 @@ def draw(results, out):
                  f"{m['final_eval_loss']:.3f}", fontsize=13, fontweight="bold")
     fig.savefig(out, dpi=100, format="png")
     plt.close(fig)
-
-
-def style(ax, title, xlabel, ylabel):
-    ax.set_title(title, fontsize=11, loc="left")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.spines[["top", "right"]].set_visible(False)
 
 
 def table(results):

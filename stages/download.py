@@ -12,9 +12,9 @@ from urllib.request import url2pathname
 
 from torchvision.datasets.utils import calculate_md5, download_url
 
-from stages.params import load_params
-from stages.paths import RAW_ARCHIVE
-from stages.stage import UserError, atomic_output, run
+from lenet_mixup.params import load_params
+from lenet_mixup.paths import RAW_ARCHIVE
+from lenet_mixup.stage import UserError, atomic_output, run
 
 OFFLINE_HINT = ("on a machine without internet access, build or copy the archive locally and run "
                 "`dvc exp run -S data.url=/path/cifar-10-python.tar.gz -S data.md5=<its md5>` (README: Offline use)")
@@ -44,8 +44,10 @@ def main():
             actual = calculate_md5(str(tmp))
             if actual != data["md5"]:
                 raise UserError(f"md5 mismatch for {data['url']}: expected {data['md5']} (data.md5), got {actual}. "
-                                "If this is the archive you meant, set data.md5 to the actual value "
-                                f"(`dvc exp run -S data.md5={actual}` or edit params.yaml); otherwise fix data.url")
+                                "This file is not the archive data.md5 names: another file, a damaged download "
+                                "or a tampered copy, so nothing was kept. Only if you chose this archive on "
+                                f"purpose, accept it with `dvc exp run -S data.md5={actual}` (or edit params.yaml); "
+                                "otherwise fix data.url")
             print(f"md5 ok: {actual}")
     print(f"wrote {RAW_ARCHIVE} ({RAW_ARCHIVE.stat().st_size / 1e6:.1f} MB)")
 

@@ -3,7 +3,8 @@
 Scores both checkpoints a training stage kept (`final` and `best`, the lowest-eval-loss weights
 FastEstimator's ModelSaver kept) on what mixup is claimed to buy: clean accuracy and NLL, FGSM
 accuracy at each epsilon, calibration (ECE and a reliability diagram), a confusion matrix, and the
-generalization gap (train minus eval accuracy) of the final weights.
+generalization gap (train minus eval accuracy) of the final weights. Always on the whole eval set,
+in float32, whatever the training's validation_steps or precision.
 """
 import json
 import sys
@@ -11,13 +12,15 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from stages import paths
-from stages.metrics import write_rows
-from stages.model import lenet
-from stages.params import load_params
-from stages.robustness import expected_calibration_error, fgsm, reliability_bins
-from stages.stage import UserError, atomic_output, run
-from stages.train import load_split, resolve_device
+from lenet_mixup import paths
+from lenet_mixup.data import load_split
+from lenet_mixup.device import resolve_device
+from lenet_mixup.evaluation import predict
+from lenet_mixup.metrics import write_rows
+from lenet_mixup.model import lenet
+from lenet_mixup.params import load_params
+from lenet_mixup.robustness import expected_calibration_error, fgsm_accuracy, reliability_bins
+from lenet_mixup.stage import UserError, atomic_output, run
 
 
 def load_model(variant, which, device):
@@ -30,28 +33,13 @@ def load_model(variant, which, device):
     return model.eval(), checkpoint["epoch"]
 
 
-@torch.inference_mode()
-def predict(model, x, batch_size):
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
-def adversarial_accuracy(model, x, y, epsilon, batch_size):
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        attacked = fgsm(model, x[i:i + batch_size], y[i:i + batch_size], epsilon)
-        correct += (predict(model, attacked, batch_size).argmax(1) == y[i:i + batch_size]).sum().item()
-    return correct / len(x)
-
-
-def score(model, x, y, params):
-    logits = predict(model, x, params["batch_size"])
-    probs = logits.softmax(1)
+def score(model, x, y, settings):
+    logits = predict(model, x)
     return logits, {
         "accuracy": (logits.argmax(1) == y).float().mean().item(),
         "nll": F.cross_entropy(logits, y).item(),
-        "ece": expected_calibration_error(probs.cpu(), y.cpu(), params["ece_bins"]),
-        "fgsm_acc": {f"{e}/255": adversarial_accuracy(model, x, y, e / 255, params["batch_size"])
-                     for e in params["fgsm_eps_255"]},
+        "ece": expected_calibration_error(logits.softmax(1).cpu(), y.cpu(), settings["ece_bins"]),
+        "fgsm_acc": {f"{e}/255": fgsm_accuracy(model, x, y, e / 255) for e in settings["fgsm_eps_255"]},
     }
 
 
@@ -79,10 +67,11 @@ def main():
         results[which]["epoch"] = epoch
         if which == "final":
             train_x, train_y = load_split("train", device)
-            train_acc = (predict(model, train_x, settings["batch_size"]).argmax(1) == train_y).float().mean().item()
+            train_acc = (predict(model, train_x).argmax(1) == train_y).float().mean().item()
             results[which].update(train_accuracy=train_acc, generalization_gap=train_acc - results[which]["accuracy"])
             classes = json.loads((paths.PREPARED / "classes.json").read_text())
             reliability, predictions = calibration_and_confusion(logits, eval_y, settings["ece_bins"], classes)
+            del train_x, train_y
         print(f"{variant} {which} weights (epoch {epoch}): " + ", ".join(
             f"{k} {v:.4f}" for k, v in results[which].items() if isinstance(v, float)) +
             ", FGSM accuracy " + ", ".join(f"{k}: {v:.4f}" for k, v in results[which]["fgsm_acc"].items()))

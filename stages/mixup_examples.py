@@ -13,10 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from stages import paths  # noqa: E402
-from stages.mixup import mixup_batch, sample_lambda  # noqa: E402
-from stages.params import load_params  # noqa: E402
-from stages.stage import UserError, atomic_output, run  # noqa: E402
+from lenet_mixup import paths  # noqa: E402
+from lenet_mixup.mixup import mixup_batch, sample_lambdas  # noqa: E402
+from lenet_mixup.params import load_params  # noqa: E402
+from lenet_mixup.stage import UserError, atomic_output, run  # noqa: E402
 
 ROWS, COLUMNS = 4, 6  # batches shown, images per batch
 
@@ -29,11 +29,12 @@ def main():
     labels = np.load(paths.prepared_file("train_y"))
     classes = json.loads((paths.PREPARED / "classes.json").read_text())
     torch.manual_seed(params["train"]["seed"])
+    lams = sample_lambdas(params["mixup"]["alpha"], ROWS)
     fig, axes = plt.subplots(ROWS, COLUMNS, figsize=(2.1 * COLUMNS, 2.4 * ROWS), constrained_layout=True)
     for row in range(ROWS):
         idx = torch.randperm(len(images))[:COLUMNS].sort().values.numpy()
         x, y = torch.from_numpy(images[idx]), labels[idx]
-        lam = sample_lambda(params["mixup"]["alpha"])
+        lam = lams[row]
         mixed = mixup_batch(x, lam)
         for col, ax in enumerate(axes[row]):
             ax.imshow(mixed[col].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")

@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 
-from stages.cifar import minmax, read_archive
-from stages.paths import PREPARED, RAW_ARCHIVE
-from stages.stage import UserError, atomic_output, run
+from lenet_mixup.cifar import minmax, read_archive
+from lenet_mixup.paths import PREPARED, RAW_ARCHIVE
+from lenet_mixup.stage import UserError, atomic_output, run
 
 OFFICIAL_COUNTS = (50_000, 10_000)
 

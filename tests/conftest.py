@@ -12,11 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+
+from lenet_mixup.params import dump_yaml, read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", ".dvcignore"]
+# What a clone of the project holds that the pipeline needs (params.yaml comes from the last commit).
+PROJECT_FILES = ["dvc.yaml", "stages", "lenet_mixup", "requirements.txt", ".dvcignore", ".dvc/config", ".dvc/plots",
+                 ".gitignore", "data/.gitignore", "data/raw/.gitignore", "models/.gitignore", "metrics/.gitignore",
+                 "metrics/baseline/.gitignore", "metrics/mixup/.gitignore"]
 
 
 def synthetic_split(n, seed):
@@ -87,10 +91,10 @@ class Project:
         return self.run(sys.executable, "-m", "dvc", *args, check=check)
 
     def set_params(self, **sections):
-        params = yaml.safe_load((self.path / "params.yaml").read_text())
+        params = read_yaml((self.path / "params.yaml").read_text())
         for section, values in sections.items():
             params.setdefault(section, {}).update(values)
-        (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        (self.path / "params.yaml").write_text(dump_yaml(params))
 
     def commit(self, message="update"):
         self.run("git", "add", "-A")
@@ -100,20 +104,27 @@ class Project:
         return (self.path / relative).read_text()
 
 
+def committed_params():
+    """params.yaml as last committed: what a fresh clone has, whatever `dvc exp run -S` left in the workspace."""
+    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True)
+    return shown.stdout if shown.returncode == 0 else (ROOT / "params.yaml").read_text()
+
+
 def new_project(path, tiny_archive):
     path.mkdir()
-    for name in PROJECT_FILES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif source.exists():
-            shutil.copy(source, path / name)
     p = Project(path)
     p.run("git", "init", "-q")
     p.run("git", "config", "user.email", "test@example.com")
     p.run("git", "config", "user.name", "test")
     p.dvc("init", "-q")
-    p.dvc("config", "core.analytics", "false")
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        else:
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, path / name)
+    (path / "params.yaml").write_text(committed_params())
     archive, md5 = tiny_archive
     p.set_params(data={"url": str(archive), "md5": md5}, train={"epochs": 2, "batch_size": 50})
     p.commit("tiny project")

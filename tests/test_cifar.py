@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from stages.cifar import minmax, read_archive
-from stages.stage import UserError
+from lenet_mixup.cifar import minmax, read_archive
+from lenet_mixup.stage import UserError
 from tests.conftest import CLASSES, synthetic_split, truncate, write_archive
 
 
@@ -80,3 +80,51 @@ def test_not_a_gzip_file_is_reported(tmp_path):
     (tmp_path / "x.tar.gz").write_text("<html>not found</html>")
     with pytest.raises(UserError, match="not a readable .tar.gz"):
         read_archive(tmp_path / "x.tar.gz")
+
+
+class RunsACommand:
+    """What a crafted archive can hold: unpickling it would run `touch <marker>`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("member, payload, named", [
+    ("data_batch_3", lambda m: {b"data": RunsACommand(m), b"labels": [0]}, "posix.system"),
+    ("batches.meta", lambda m: {"label_names": CLASSES, "x": RunsACommand(m)}, "posix.system"),
+    ("test_batch", lambda m: {b"data": np.zeros((2, 3072), np.float64), b"labels": [0, 1]}, "dtype 'f8'"),
+    ("test_batch", lambda m: {b"data": np.array([RunsACommand(m)], dtype=object), b"labels": [0]}, "dtype 'O8'"),
+])
+def test_an_archive_that_would_run_code_is_refused(tmp_path, member, payload, named):
+    marker = tmp_path / "ran"
+    write_archive(tmp_path / "a.tar.gz", overrides={member: payload(marker)})
+    with pytest.raises(UserError) as error:
+        read_archive(tmp_path / "a.tar.gz")
+    message = str(error.value)
+    assert f"cifar-10-batches-py/{member} holds" in message and named in message and "\n" not in message
+    assert "refusing to load it" in message
+    assert not marker.exists()
+
+
+def test_the_official_python_2_pickles_still_load(tmp_path):
+    """The official batches were written by Python 2's cPickle and name numpy.core, not numpy._core."""
+    import io
+    import pickle
+    import tarfile
+    batch = pickle.dumps({b"data": np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072) % 251, b"labels": [3, 4]},
+                         protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    write_archive(tmp_path / "a.tar.gz")
+    with tarfile.open(tmp_path / "a.tar.gz") as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    members["cifar-10-batches-py/data_batch_1"] = batch
+    with tarfile.open(tmp_path / "b.tar.gz", "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    train_x, train_y, *_ = read_archive(tmp_path / "b.tar.gz")
+    assert train_x[0, 0, 0, :3].tolist() == [0, 1, 2] and train_y[:2].tolist() == [3, 4]

@@ -1,6 +1,6 @@
 """The project's fast training path computes what the plain textbook loop computes.
 
-Fast: stages.train as the stages run it (channels_last model and images, fused Adam, train_epoch's
+Fast: lenet_mixup.steps as the training stages run it (channels_last model and images, fused Adam, train_epoch's
 shuffled gather). Plain: an NCHW model, Adam's default implementation, one step at a time on x[idx].
 Same initial weights, same order, same seed and so the same mixup lambdas. All on the CPU; the last
 test runs the step the CUDA path captures, eagerly, on the CPU.
@@ -16,9 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stages import steps
-from stages.mixup import mixup_batch, mixup_loss, sample_lambda
-from stages.model import lenet
+from lenet_mixup import steps
+from lenet_mixup.mixup import mixup_batch, mixup_loss, sample_lambdas
+from lenet_mixup.model import lenet
 
 STEPS, BATCH = 20, 50
 
@@ -58,7 +58,7 @@ def plain_epoch(model, optimizer, x, y, order, alpha):
         if alpha is None:
             loss = F.cross_entropy(model(xb), yb)
         else:
-            lam = sample_lambda(alpha)
+            lam = sample_lambdas(alpha, 1)[0]  # one draw per step, as the textbook loop does
             loss = mixup_loss(model(mixup_batch(xb, lam)), yb, lam)
         optimizer.zero_grad()
         loss.backward()
@@ -67,11 +67,17 @@ def plain_epoch(model, optimizer, x, y, order, alpha):
     return torch.tensor(losses)  # float32, as train_epoch keeps them
 
 
+def epoch_lambdas(alpha, n):
+    """An epoch's lambdas as the training loop draws them: all at once, from seed 1."""
+    torch.manual_seed(1)
+    return sample_lambdas(alpha, n) if alpha is not None else None
+
+
 def both(x, y, order, alpha, dtype):
     fast, fast_optimizer, plain, plain_optimizer = models(dtype)
-    torch.manual_seed(1)  # the lambdas
+    n = len(order) // BATCH
     fast_losses = steps.train_epoch(fast, fast_optimizer, x.contiguous(memory_format=torch.channels_last), y,
-                                    order, BATCH, alpha)
+                                    order, BATCH, n, epoch_lambdas(alpha, n))
     torch.manual_seed(1)
     plain_losses = plain_epoch(plain, plain_optimizer, x, y, order, alpha)
     return fast, fast_losses, plain, plain_losses
@@ -98,41 +104,47 @@ def test_one_float32_step_computes_the_same(alpha):
                                    msg=lambda m, n=name: f"gradient of {n}: {m}")
 
 
+def eager_runner(x, y, dtype):
+    """GraphedEpochs (the CUDA path) on the CPU, where nothing can be captured: its step, run eagerly."""
+    model, optimizer, _, _ = models(dtype)
+    runner = steps.GraphedEpochs(model, optimizer, x, y, BATCH, STEPS)
+    runner.capture_error = "the CPU has no CUDA graphs"
+    return model, runner
+
+
 def test_the_cuda_path_computes_the_same_plain_epoch():
-    """GraphedEpochs (the CUDA path) with its step run eagerly on the CPU: a plain epoch is the
-    lambda = 1 step, which must be exactly train_epoch's plain step."""
+    """A plain epoch of the CUDA path is the lambda = 1 step, which must be exactly train_epoch's plain step."""
     x, y, order = data(STEPS, torch.float64)
     x = x.contiguous(memory_format=torch.channels_last)
     fast, fast_optimizer, _, _ = models(torch.float64)
-    fast_losses = steps.train_epoch(fast, fast_optimizer, x, y, order, BATCH)
-    graphed, graphed_optimizer, _, _ = models(torch.float64)
-    runner = steps.GraphedEpochs(graphed, graphed_optimizer, x, y, BATCH)
-    runner.eager = True  # no capture on the CPU: the same step, run eagerly
+    fast_losses = steps.train_epoch(fast, fast_optimizer, x, y, order, BATCH, STEPS)
+    graphed, runner = eager_runner(x, y, torch.float64)
     losses = runner.epoch(order)
+    assert runner.path == "cuda-eager"
     assert runner.counter.item() == STEPS and (runner.lams == 1).all()
     torch.testing.assert_close(losses, fast_losses, rtol=1e-12, atol=0)
     for fast_weight, graphed_weight in zip(fast.parameters(), graphed.parameters(), strict=True):
         torch.testing.assert_close(graphed_weight, fast_weight, rtol=1e-12, atol=0)
 
 
-def test_the_cuda_path_computes_the_same_mixup_steps():
-    """The CUDA path's step, given the lambdas the CPU path drew, matches train_epoch's mixup epoch;
-    its own epoch() draws one Beta lambda per step."""
+def test_the_cuda_path_computes_the_same_mixup_epoch():
+    """The CUDA path's step, given the same epoch of lambdas, matches train_epoch's mixup epoch."""
     x, y, order = data(STEPS, torch.float64)
     x = x.contiguous(memory_format=torch.channels_last)
     fast, fast_optimizer, _, _ = models(torch.float64)
-    torch.manual_seed(1)
-    fast_losses = steps.train_epoch(fast, fast_optimizer, x, y, order, BATCH, alpha=1.0)
-    graphed, graphed_optimizer, _, _ = models(torch.float64)
-    runner = steps.GraphedEpochs(graphed, graphed_optimizer, x, y, BATCH)
-    runner.order.copy_(order)
-    torch.manual_seed(1)
-    runner.lams.copy_(torch.stack([sample_lambda(1.0) for _ in range(STEPS)]))
-    for _ in range(STEPS):
-        runner.step()
-    torch.testing.assert_close(runner.losses, fast_losses, rtol=1e-6, atol=0)
+    lams = epoch_lambdas(1.0, STEPS)
+    fast_losses = steps.train_epoch(fast, fast_optimizer, x, y, order, BATCH, STEPS, lams)
+    graphed, runner = eager_runner(x, y, torch.float64)
+    losses = runner.epoch(order, lams)
+    assert torch.equal(runner.lams, lams) and runner.counter.item() == STEPS
+    torch.testing.assert_close(losses, fast_losses, rtol=1e-6, atol=0)
     for fast_weight, graphed_weight in zip(fast.parameters(), graphed.parameters(), strict=True):
         torch.testing.assert_close(graphed_weight, fast_weight, rtol=1e-9, atol=1e-9)
-    runner.eager = True
-    runner.epoch(order, alpha=1.0)
-    assert 0 < runner.lams.min() < runner.lams.max() < 1 and len(set(runner.lams.tolist())) == STEPS
+
+
+def test_steps_per_epoch_stops_the_cuda_path_early():
+    x, y, order = data(STEPS, torch.float64)
+    model, optimizer, _, _ = models(torch.float64)
+    runner = steps.GraphedEpochs(model, optimizer, x, y, BATCH, 4)
+    runner.capture_error = "the CPU has no CUDA graphs"
+    assert runner.epoch(order).shape == (4,) and runner.counter.item() == 4

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.mixup import is_mixup_epoch, mixup_batch, mixup_loss, sample_lambda
-from stages.model import NUM_PARAMETERS, lenet
+from lenet_mixup.mixup import is_mixup_epoch, mixup_batch, mixup_loss, sample_lambdas
+from lenet_mixup.model import NUM_PARAMETERS, lenet
 
 
 def test_lenet_shape_and_parameter_count():
@@ -43,14 +43,25 @@ def test_mixup_loss_matches_the_formula_by_hand():
     torch.testing.assert_close(mixup_loss(logits, y, torch.tensor(lam)), by_hand)
 
 
-def test_lambda_is_one_beta_draw_per_call():
+def test_lambdas_are_beta_draws():
     torch.manual_seed(0)
-    draws = torch.stack([sample_lambda(1.0) for _ in range(4000)])
-    assert draws.shape == (4000,) and ((draws > 0) & (draws < 1)).all()
+    draws = sample_lambdas(1.0, 4000)
+    assert draws.shape == (4000,) and draws.dtype == torch.float32 and ((draws > 0) & (draws < 1)).all()
     assert abs(draws.mean().item() - 0.5) < 0.02
     assert abs(draws.var().item() - 1 / 12) < 0.01  # Beta(1, 1) is uniform
-    small = torch.stack([sample_lambda(0.2) for _ in range(4000)])
+    small = sample_lambdas(0.2, 4000)
     assert ((small < 0.1) | (small > 0.9)).float().mean() > 0.5  # small alpha pushes lambda to 0 or 1
+
+
+def test_an_epoch_of_lambdas_is_the_same_as_one_draw_per_step():
+    """Drawing an epoch's lambdas at once consumes the generator as one draw per step would, so a
+    run's lambdas do not depend on how the training path draws them."""
+    for alpha in (0.2, 1.0, 2.0):
+        torch.manual_seed(3)
+        at_once = sample_lambdas(alpha, 500)
+        torch.manual_seed(3)
+        one_by_one = torch.cat([sample_lambdas(alpha, 1) for _ in range(500)])
+        assert torch.equal(at_once, one_by_one)
 
 
 def test_lambda_of_one_is_the_plain_loss():

@@ -2,13 +2,12 @@
 import copy
 
 import pytest
-import yaml
 
-from stages.params import load_params, validate
-from stages.stage import UserError
-from tests.conftest import ROOT
+from lenet_mixup.params import load_params, read_yaml, validate
+from lenet_mixup.stage import UserError
+from tests.conftest import committed_params
 
-DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
+DEFAULTS = read_yaml(committed_params())
 
 
 def with_value(section, key, value):
@@ -36,6 +35,9 @@ def test_the_shipped_params_are_valid():
     ("train", "lr", -0.1, "train.lr = -0.1 is not allowed"),
     ("train", "seed", "zero", "train.seed = 'zero' is not allowed; it must be an integer >= 0"),
     ("train", "device", "tpu", "train.device = 'tpu' is not allowed; it must be one of auto, cpu, cuda"),
+    ("train", "precision", "fp16", "train.precision = 'fp16' is not allowed; it must be one of fp32, bf16"),
+    ("train", "steps_per_epoch", 0, "train.steps_per_epoch = 0 is not allowed; it must be null (all) or an integer"),
+    ("train", "validation_steps", 2.5, "train.validation_steps = 2.5 is not allowed; it must be null (all)"),
     ("train", "optimizer", "sgd", "unknown key 'train.optimizer'"),
     ("data", "md5", "abc", "data.md5 = 'abc' is not allowed; it must be null or 32 lowercase hex digits"),
     ("data", "url", "", "data.url = '' is not allowed; it must be a non-empty string"),
@@ -68,3 +70,30 @@ def test_unreadable_yaml_is_reported(tmp_path):
     (tmp_path / "params.yaml").write_text("train: [unclosed")
     with pytest.raises(UserError, match="is not valid YAML"):
         load_params(path=tmp_path / "params.yaml")
+
+
+def params_file(tmp_path, lr):
+    text = committed_params().replace("lr: 0.001", f"lr: {lr}")
+    assert f"lr: {lr}" in text
+    (tmp_path / "params.yaml").write_text(text)
+    return tmp_path / "params.yaml"
+
+
+@pytest.mark.parametrize("written, value", [("1e-4", 1e-4), ("1.0e-3", 1e-3), (".5", 0.5), ("5e-1", 0.5), ("2", 2),
+                                            ("1E-4", 1e-4)])
+def test_numbers_mean_what_they_mean_to_dvc(tmp_path, written, value):
+    """YAML 1.2, as DVC reads params.yaml: PyYAML (YAML 1.1) would read 1e-4 as the string '1e-4'."""
+    assert load_params("train", path=params_file(tmp_path, written))["train"]["lr"] == value
+
+
+@pytest.mark.parametrize("written", [".inf", ".nan", "-.inf"])
+def test_infinite_and_nan_numbers_are_refused(tmp_path, written):
+    with pytest.raises(UserError, match=r"train.lr = (inf|nan|-inf) is not allowed; it must be a number > 0"):
+        load_params("train", path=params_file(tmp_path, written))
+
+
+def test_the_stages_read_params_as_dvc_does(tmp_path):
+    """The same text through DVC's own parser and through ours gives the same values."""
+    from dvc.utils.serialize import parse_yaml
+    text = committed_params().replace("lr: 0.001", "lr: 1e-4").replace("alpha: 1.0", "alpha: .5")
+    assert read_yaml(text) == parse_yaml(text, "params.yaml")

@@ -4,11 +4,11 @@ import struct
 
 import pytest
 
-from stages.metrics import COLUMNS, read_tsv
+from lenet_mixup.metrics import COLUMNS, read_tsv
 from tests.conftest import truncate
 
 ALL_STAGES = ["download", "prepare", "train_baseline", "train_mixup", "evaluate_baseline", "evaluate_mixup",
-              "mixup_examples", "compare"]
+              "mixup_examples", "compare", "plots_page"]
 
 
 def ran(result):
@@ -32,7 +32,8 @@ def test_wrong_md5_fails_clearly_and_leaves_nothing(project):
     result = project.dvc("repro", "download", check=False)
     assert result.returncode != 0
     assert "md5 mismatch" in result.stderr and "expected 00000000000000000000000000000000" in result.stderr
-    assert "set data.md5 to the actual value" in result.stderr
+    assert "another file, a damaged download or a tampered copy" in result.stderr
+    assert "Only if you chose this archive on purpose, accept it with `dvc exp run -S data.md5=" in result.stderr
     assert not (project.path / "data/raw/cifar-10-python.tar.gz").exists()
     assert not any((project.path / "data").rglob("*.tmp*"))
 
@@ -43,6 +44,21 @@ def test_truncated_archive_fails_clearly(project, tmp_path, tiny_archive):
     result = project.dvc("repro", "prepare", check=False)
     assert result.returncode != 0
     assert "truncated or corrupt" in result.stderr
+    assert not (project.path / "data/prepared").exists()
+
+
+def test_an_archive_that_would_run_code_is_refused_even_without_a_checksum(project, tmp_path):
+    """With data.md5 null nothing vouches for the archive: prepare must still never run what it holds."""
+    from tests.conftest import write_archive
+    from tests.test_cifar import RunsACommand
+    marker = tmp_path / "ran"
+    crafted = tmp_path / "crafted.tar.gz"
+    write_archive(crafted, overrides={"data_batch_1": {b"data": RunsACommand(marker), b"labels": [0]}})
+    project.set_params(data={"url": str(crafted), "md5": None})
+    result = project.dvc("repro", "prepare", check=False)
+    assert result.returncode != 0 and not marker.exists()
+    assert "cifar-10-batches-py/data_batch_1 holds posix.system" in result.stderr
+    assert "Traceback" not in result.stderr
     assert not (project.path / "data/prepared").exists()
 
 
@@ -60,8 +76,10 @@ def test_full_pipeline_experiment_and_plots(project):
         assert [r["epoch"] for r in rows] == [1, 2] and list(rows[0]) == COLUMNS
         summary = json.loads(project.read(f"metrics/{variant}/summary.json"))
         assert summary["final_eval_acc"] == rows[-1]["eval_acc"]
+        assert (summary["device"], summary["train_path"], summary["precision"]) == ("cpu", "cpu", "fp32")
         for which in ("best", "final"):
             assert (project.path / f"models/{variant}/{which}.pt").is_file()
+    assert "training path: cpu" in first.stdout
     png = (project.path / "metrics/comparison.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", png[16:24])
@@ -104,4 +122,13 @@ def test_bad_params_fail_before_any_work(project, section, key, value, message):
     result = project.dvc("repro", "train_mixup", check=False)
     assert result.returncode != 0 and message in result.stderr
     assert not (project.path / "data/raw/cifar-10-python.tar.gz").exists()  # failed at the first stage
-    assert not (project.path / "metrics/mixup").exists()
+    assert not (project.path / "metrics/mixup/epochs.tsv").exists()
+
+
+def test_a_learning_rate_written_1e_4_means_to_the_stages_what_it_means_to_dvc(project):
+    params = project.path / "params.yaml"
+    params.write_text(params.read_text().replace("lr: 0.001", "lr: 1e-4"))
+    project.dvc("repro", "train_baseline")
+    assert {row["lr"] for row in read_tsv(project.path / "metrics/baseline/epochs.tsv")} == {0.0001}
+    diff = json.loads(project.dvc("params", "diff", "--json").stdout)
+    assert diff["params.yaml"]["train.lr"] == {"old": 0.001, "new": 0.0001}

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.robustness import expected_calibration_error, fgsm, reliability_bins
+from lenet_mixup.robustness import expected_calibration_error, fgsm, reliability_bins
 
 
 def tiny_model_and_batch():

@@ -1,7 +1,7 @@
 """The sweep report's reading of `dvc exp show --json` and its mean/std table."""
 import json
 
-from stages.sweep_report import experiments, report
+from tools.sweep_report import experiments, report
 
 FGSM = {"1/255": 0.5, "8/255": 0.2}
 

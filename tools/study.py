@@ -28,7 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-import yaml
+
+from lenet_mixup.params import dump_yaml, read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "study" / "runs"
@@ -93,7 +94,7 @@ def prepared_md5(prepared):
 
 def run_params(code, overrides):
     """The commit's params.yaml with the run's overrides; an override must name an existing key."""
-    params = yaml.safe_load((code / "params.yaml").read_text())
+    params = read_yaml((code / "params.yaml").read_text())
     for dotted, value in overrides.items():
         section, key = dotted.split(".")
         if key not in params.get(section, {}):
@@ -110,7 +111,7 @@ def execute(run, code, prepared):
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(prepared.resolve(), target_is_directory=True)
-    (work / "params.yaml").write_text(yaml.safe_dump(run_params(code, run["overrides"]), sort_keys=False))
+    (work / "params.yaml").write_text(dump_yaml(run_params(code, run["overrides"])))
     env = {**os.environ, "PYTHONPATH": str(code)}
     start = time.time()
     with open(work / "log.txt", "a") as log:

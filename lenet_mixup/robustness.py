@@ -6,6 +6,8 @@ by 8/255 of the image's own range, and attacked images are clipped back to [0, 1
 import torch
 import torch.nn.functional as F
 
+from lenet_mixup.evaluation import EVAL_BATCH, predict
+
 
 def fgsm(model, x, y, epsilon):
     """Fast gradient sign attack (Goodfellow et al. 2015): x + epsilon * sign(grad_x CE), clipped to [0, 1]."""
@@ -13,6 +15,15 @@ def fgsm(model, x, y, epsilon):
     loss = F.cross_entropy(model(x), y)
     (grad,) = torch.autograd.grad(loss, x)
     return (x + epsilon * grad.sign()).clamp(0, 1).detach()
+
+
+def fgsm_accuracy(model, x, y, epsilon):
+    """Accuracy on FGSM-attacked copies of x, each attacked against its own gradient, in eval batches."""
+    correct = 0
+    for i in range(0, len(x), EVAL_BATCH):
+        attacked = fgsm(model, x[i:i + EVAL_BATCH], y[i:i + EVAL_BATCH], epsilon)
+        correct += (predict(model, attacked).argmax(1) == y[i:i + EVAL_BATCH]).sum().item()
+    return correct / len(x)
 
 
 def reliability_bins(confidence, correct, bins):

@@ -7,7 +7,10 @@ import csv
 import json
 import math
 
-COLUMNS = ["epoch", "step", "train_loss", "eval_loss", "eval_acc", "lr", "examples_per_sec", "seconds"]
+# train_steps and eval_images: what train.steps_per_epoch and train.validation_steps left of each epoch
+COLUMNS = ["epoch", "step", "train_loss", "eval_loss", "eval_acc", "lr", "examples_per_sec", "seconds",
+           "train_steps", "eval_images"]
+INTEGERS = ("epoch", "step", "train_steps", "eval_images")
 
 
 def write_tsv(rows, path):
@@ -25,7 +28,7 @@ def write_rows(rows, path, delimiter="\t"):
 
 def read_tsv(path):
     """The per-epoch file as rows of numbers (epoch and step as ints)."""
-    return [{k: int(v) if k in ("epoch", "step") else v for k, v in row.items()} for row in read_rows(path)]
+    return [{k: int(v) if k in INTEGERS else v for k, v in row.items()} for row in read_rows(path)]
 
 
 def read_rows(path, delimiter="\t"):

@@ -1,24 +1,26 @@
-"""The training step, fast on the CPU and on CUDA; the training stages and the benchmark run it.
+"""The training step, fast on the CPU and on CUDA; the training loop and the benchmark run it.
 
 CPU: `train_epoch`, an eager loop over a shuffled index into one in-memory channels_last tensor,
 fused Adam, the losses kept as tensors until the epoch ends, and `tune_cpu`'s process settings.
 CUDA: `GraphedEpochs`, the same step captured once as a CUDA graph and replayed. Both compute what
 the plain textbook loop computes (tests/test_fast_path.py); `python -m bench.train_speed` times them.
+precision "bf16" runs the forward pass and the loss under bf16 autocast; weights, gradients and
+Adam stay float32.
 """
+import contextlib
 import ctypes
 import functools
-import warnings
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from stages.mixup import mixup_batch, mixup_loss, sample_lambda
-from stages.model import lenet
+from lenet_mixup.mixup import mixup_batch, mixup_loss
+from lenet_mixup.model import lenet
 
 
 def new_model_and_optimizer(device, lr):
-    """LeNet in channels_last (the faster conv layout on CPU) and Adam as Keras ran it.
+    """LeNet in channels_last (the faster conv layout) and Adam as Keras ran it (eps 1e-7).
 
     Fused: one kernel per step, measured faster on the CPU too; capturable on CUDA, for GraphedEpochs.
     """
@@ -28,31 +30,43 @@ def new_model_and_optimizer(device, lr):
     return model, optimizer
 
 
-def train_step(model, optimizer, x, y, alpha=None):
-    """One optimizer step, with mixup when alpha is given; returns the loss without a host sync."""
-    if alpha is not None:
-        lam = sample_lambda(alpha, x.device)
-        loss = mixup_loss(model(mixup_batch(x, lam)), y, lam)
-    else:
-        loss = F.cross_entropy(model(x), y)
+def autocast(device, precision, graphed=False):
+    """bf16 autocast for `precision` "bf16", nothing for "fp32".
+
+    Inside a CUDA graph the autocast cache must be off (PyTorch's CUDA graphs notes): a cached
+    bf16 copy of a weight would be captured once and never follow the weight's updates.
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, cache_enabled=not graphed)
+
+
+def train_step(model, optimizer, x, y, lam=None, precision="fp32"):
+    """One optimizer step, mixing with `lam` (a 0-d tensor) when given; returns the loss, no host sync."""
+    with autocast(x.device, precision):
+        if lam is not None:
+            loss = mixup_loss(model(mixup_batch(x, lam)), y, lam)
+        else:
+            loss = F.cross_entropy(model(x), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.detach()
 
 
-def train_epoch(model, optimizer, train_x, train_y, order, batch_size, alpha=None, progress=None):
-    """One pass over `order` in batches (the last partial batch dropped); returns per-step losses.
+def train_epoch(model, optimizer, train_x, train_y, order, batch_size, steps, lams=None, precision="fp32",
+                progress=None):
+    """`steps` steps over `order` in batches, with lams[step] as each batch's lambda when mixing.
 
-    Losses stay on the device; with `progress` (a label) a tqdm bar shows the running loss.
-    This is the CPU path (and the reference for the CUDA one, GraphedEpochs).
+    Returns the per-step losses, on the device; with `progress` (a label) a tqdm bar shows the
+    running loss. This is the CPU path (and the reference for the CUDA one, GraphedEpochs).
     """
     tune_cpu()
-    steps = len(order) // batch_size
     losses = torch.zeros(steps, device=train_x.device)
     for step in _progress(0, steps, progress, losses):
         idx = order[step * batch_size:(step + 1) * batch_size]
-        losses[step] = train_step(model, optimizer, train_x[idx], train_y[idx], alpha)
+        lam = lams[step] if lams is not None else None
+        losses[step] = train_step(model, optimizer, train_x[idx], train_y[idx], lam, precision)
     return losses
 
 
@@ -94,45 +108,50 @@ class GraphedEpochs:
     and a step counter that the step itself advances. Plain epochs use lambda = 1, which is exactly the
     plain step (1 * x + 0 * x_prev = x and 1 * CE(y) + 0 * CE(y_prev) = CE(y)), so one graph serves
     both. The first WARMUP steps run eagerly on a side stream (Adam makes its state on its first step),
-    as torch.cuda.graph's documentation asks; if capture fails the same step runs eagerly, still with
-    no host sync inside the epoch.
+    as torch.cuda.graph's documentation asks. If capture fails the same step runs eagerly, still with
+    no host sync inside the epoch; `path` says which ran ("cuda-graph" or "cuda-eager") and
+    `capture_error` why capture failed.
+
+    Adam's learning rate is captured as it is at capture time: the graph replays the same kernels with
+    the same scalar arguments, so changing the lr afterwards (a schedule) would silently do nothing.
+    This pipeline's lr is constant, as the tutorial's; a schedule would need the lr in a device tensor.
     """
     WARMUP = 3
 
-    def __init__(self, model, optimizer, train_x, train_y, batch_size):
+    def __init__(self, model, optimizer, train_x, train_y, batch_size, steps, precision="fp32"):
         device = train_x.device
-        self.model, self.optimizer, self.x, self.y, self.batch_size = model, optimizer, train_x, train_y, batch_size
-        self.steps = len(train_x) // batch_size
+        self.model, self.optimizer, self.x, self.y = model, optimizer, train_x, train_y
+        self.batch_size, self.steps, self.precision = batch_size, steps, precision
         self.order = torch.zeros(len(train_x), dtype=torch.long, device=device)
-        self.lams = torch.ones(self.steps, device=device)  # float32, as sample_lambda draws them
-        self.losses = torch.zeros(self.steps, device=device)
+        self.lams = torch.ones(steps, device=device)  # float32, as sample_lambdas draws them
+        self.losses = torch.zeros(steps, device=device)
         self.counter = torch.zeros(1, dtype=torch.long, device=device)
         self.offsets = torch.arange(batch_size, device=device)
-        self.graph, self.eager = None, False
+        self.graph, self.capture_error = None, None
+
+    @property
+    def path(self):
+        return "cuda-eager" if self.capture_error else "cuda-graph"
 
     def step(self):
         """Train on batch number `counter` of the order, record its loss, advance the counter."""
         idx = self.order.index_select(0, self.counter * self.batch_size + self.offsets)
         x, y = self.x[idx], self.y[idx]
         lam = self.lams.index_select(0, self.counter).squeeze(0)
-        loss = mixup_loss(self.model(mixup_batch(x, lam)), y, lam)
+        with autocast(x.device, self.precision, graphed=True):
+            loss = mixup_loss(self.model(mixup_batch(x, lam)), y, lam)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.losses.index_copy_(0, self.counter, loss.detach().float().unsqueeze(0))
         self.counter += 1
 
-    def epoch(self, order, alpha=None, progress=None):
-        """Train one epoch in the given order, mixing when alpha is given; returns per-step losses."""
+    def epoch(self, order, lams=None, progress=None):
+        """Train one epoch in the given order, with these lambdas (None: plain); returns per-step losses."""
         self.order.copy_(order)
-        if alpha is None:
-            self.lams.fill_(1.0)
-        else:
-            concentration = torch.full((), float(alpha), device=self.x.device)
-            beta = torch.distributions.Beta(concentration, concentration, validate_args=False)  # no sync
-            self.lams.copy_(beta.sample((self.steps,)))
+        self.lams.copy_(lams) if lams is not None else self.lams.fill_(1.0)
         self.counter.zero_()
-        done = self.capture() if self.graph is None and not self.eager else 0
+        done = self.capture() if self.graph is None and self.capture_error is None else 0
         for _ in _progress(done, self.steps, progress, self.losses):
             self.graph.replay() if self.graph is not None else self.step()
         return self.losses.clone()
@@ -153,6 +172,5 @@ class GraphedEpochs:
                 self.step()
             self.graph = graph
         except RuntimeError as e:
-            warnings.warn(f"CUDA graph capture failed, training eagerly instead: {e}", stacklevel=2)
-            self.eager = True
+            self.capture_error = str(e).splitlines()[0]
         return warmup

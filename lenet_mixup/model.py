@@ -6,10 +6,11 @@ The original ends in a softmax; we return logits and let the loss apply it (the 
 """
 from torch import nn
 
+INPUT_SHAPE, NUM_CLASSES = (3, 32, 32), 10  # what the model takes: CIFAR-10's images and classes
 NUM_PARAMETERS = 122_570
 
 
-def lenet(num_classes=10):
+def lenet(num_classes=NUM_CLASSES):
     model = nn.Sequential(
         nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),

@@ -9,10 +9,15 @@ import torch
 import torch.nn.functional as F
 
 
-def sample_lambda(alpha, device="cpu"):
-    """One draw of Beta(alpha, alpha) as a 0-d tensor on `device` (no host sync on a GPU)."""
-    concentration = torch.tensor(float(alpha), device=device)
-    return torch.distributions.Beta(concentration, concentration).sample()
+def sample_lambdas(alpha, n, device="cpu"):
+    """n draws of Beta(alpha, alpha): one epoch's lambdas, one per step, float32 on `device`.
+
+    The one way lambdas are drawn, on the CPU and on CUDA. It uses the device's default generator
+    (seeded by torch.manual_seed) and never waits on the host. On the CPU, n draws at once are
+    exactly n single draws in a row.
+    """
+    concentration = torch.full((), float(alpha), device=device)
+    return torch.distributions.Beta(concentration, concentration, validate_args=False).sample((n,))
 
 
 def mixup_batch(x, lam):

@@ -11,6 +11,8 @@ METRICS = Path("metrics")
 COMPARISON_PNG = METRICS / "comparison.png"
 COMPARISON_MD = METRICS / "comparison.md"
 MIXUP_EXAMPLES_PNG = METRICS / "mixup_examples.png"
+# The page template `dvc plots show` fills (.dvc/config: plots.html_template, relative to .dvc/).
+PLOTS_PAGE = Path("data/plots-offline.html")
 
 VARIANTS = ("baseline", "mixup")
 

@@ -2,13 +2,18 @@
 
 Every stage calls load_params() before doing any work, so a typo or a bad value fails at once
 with one line that names the key, the value and what is allowed, and nothing is written.
+params.yaml is read as DVC reads it (ruamel.yaml's safe loader, YAML 1.2), so a value means the
+same to the stages as to `dvc params diff` and `dvc exp show`: `1e-4` and `.5` are numbers.
 """
+import io
 import math
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
 
-from stages.paths import PARAMS
-from stages.stage import UserError
+from lenet_mixup.paths import PARAMS
+from lenet_mixup.stage import UserError
+
+PRECISIONS = ("fp32", "bf16")  # train.precision: float32 throughout, or bf16 autocast (lenet_mixup.steps)
 
 
 def _int(lo=None):
@@ -23,6 +28,16 @@ def _int(lo=None):
 def _positive_float(v):
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
         return "a number > 0"
+
+
+def _optional_int(v):
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        return "null (all) or an integer >= 1"
+
+
+def _precision(v):
+    if v not in PRECISIONS:
+        return f"one of {', '.join(PRECISIONS)}"
 
 
 def _text(v):
@@ -53,9 +68,10 @@ def _device(v):
 
 SCHEMA = {
     "data": {"url": _text, "md5": _md5},
-    "train": {"epochs": _int(1), "batch_size": _int(1), "lr": _positive_float, "seed": _int(0), "device": _device},
+    "train": {"epochs": _int(1), "batch_size": _int(1), "lr": _positive_float, "seed": _int(0), "device": _device,
+              "precision": _precision, "steps_per_epoch": _optional_int, "validation_steps": _optional_int},
     "mixup": {"alpha": _positive_float, "warmup": _int(0)},
-    "evaluate": {"fgsm_eps_255": _epsilons, "ece_bins": _int(1), "batch_size": _int(1)},
+    "evaluate": {"fgsm_eps_255": _epsilons, "ece_bins": _int(1)},
 }
 
 
@@ -81,14 +97,29 @@ def validate(params):
     return params
 
 
+def read_yaml(text):
+    """YAML as DVC parses params files: YAML 1.2, plain Python dicts, lists and scalars."""
+    return YAML(typ="safe").load(text)
+
+
+def dump_yaml(data):
+    """A whole params file as text that read_yaml (and DVC) reads back as `data`, keys in their order."""
+    out = io.StringIO()
+    writer = YAML(typ="safe")
+    writer.default_flow_style = False
+    writer.sort_base_mapping_type_on_output = False
+    writer.dump(data, out)
+    return out.getvalue()
+
+
 def load_params(*sections, path=PARAMS):
     """Read and validate params.yaml; return the requested sections (all when none are named)."""
     try:
-        params = yaml.safe_load(path.read_text())
+        params = read_yaml(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path} not found: run the stage from the project root (dvc repro does)") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML: {e}") from None
+    except YAMLError as e:
+        raise UserError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
     validate(params)
     for section in sections:
         if section not in params:

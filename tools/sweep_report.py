@@ -3,7 +3,7 @@
 Run by hand after a sweep (it reads experiments, so it is not a pipeline stage):
     dvc exp run --queue -S 'mixup.alpha=0.1,0.2,0.4,1.0,2.0' -S 'train.seed=0,1,2'
     dvc queue start -j 2        # wait until `dvc queue status` shows nothing queued or running
-    python -m stages.sweep_report
+    python -m tools.sweep_report
 It reads `dvc exp show --json` (or a saved copy: --json FILE) and writes reports/sweep.png and
 reports/sweep.md: each metric's mean and standard deviation per alpha, every seed as a point, and the
 baseline (which alpha does not touch) as a horizontal line with its own spread over seeds.
@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from stages.stage import UserError, atomic_output, run  # noqa: E402
+from lenet_mixup.stage import UserError, atomic_output, run  # noqa: E402
 
 REPORTS = Path("reports")
 METRICS = [  # (label, file, path inside it)

@@ -1,0 +1,25 @@
+"""One device resolution for every stage, the benchmark and the tools."""
+import torch
+
+
+def resolve_device(name):
+    """`auto` is CUDA when there is a GPU, else the CPU; prints which, and sets the matmul precision.
+
+    TF32 is off on CUDA: it rounds float32 matmul and conv inputs to 10 mantissa bits, which changes
+    results against the CPU path; this pipeline trains in float32 as the tutorial did (train.precision
+    chooses bf16 explicitly).
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    print(f"device: {describe(device)}", flush=True)
+    return device
+
+
+def describe(device):
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)}, TF32 off)"
+    return f"{device} (CPU, {torch.get_num_threads()} threads)"

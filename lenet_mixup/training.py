@@ -1,0 +1,166 @@
+"""The training loop of one variant, read top to bottom, and its resume state.
+
+FastEstimator's LeNet tutorial: Adam (lr from params, betas 0.9/0.999, eps 1e-7 as in Keras), batch
+`train.batch_size`, reshuffled every epoch, sparse cross-entropy, an evaluation after every epoch.
+The mixup variant mixes from epoch `mixup.warmup` on. `train.steps_per_epoch` and
+`train.validation_steps` (FastEstimator's knobs of the same names) cap the training batches per
+epoch and the eval batches (of `train.batch_size` images) per evaluation; null means all.
+"""
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lenet_mixup import paths
+from lenet_mixup.data import load_split
+from lenet_mixup.evaluation import evaluate
+from lenet_mixup.mixup import is_mixup_epoch, sample_lambdas
+from lenet_mixup.stage import UserError, atomic_output
+from lenet_mixup.steps import GraphedEpochs, new_model_and_optimizer, train_epoch
+
+# What a resume state must match besides params and data: all of the library and the stage script.
+SOURCES = sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).parents[1] / "stages" / "train.py"]
+
+
+def fingerprint(config, device):
+    """The params, the device type that trains (a CPU state resumed on CUDA could not be captured
+    as a graph), the training code and the prepared data (size and time of each array)."""
+    h = hashlib.sha256(json.dumps({**config, "device_type": device.type}, sort_keys=True).encode())
+    for source in SOURCES:
+        h.update(source.read_bytes())
+    for name in ("train_x", "train_y", "eval_x", "eval_y"):
+        stat = paths.prepared_file(name).stat()
+        h.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def steps_per_epoch(train, images):
+    """Full batches per epoch (the last partial batch is dropped, as FastEstimator did), capped."""
+    if train["batch_size"] > images:
+        raise UserError(f"train.batch_size = {train['batch_size']} is larger than the {images} training images; "
+                        "lower train.batch_size")
+    full = images // train["batch_size"]
+    return min(full, train["steps_per_epoch"]) if train["steps_per_epoch"] else full
+
+
+def train_variant(variant, train, mixup, device, resume_path=None):
+    """Train one variant; returns (per-epoch rows, best checkpoint, final checkpoint, training path).
+
+    With `resume_path`, the state is saved there after every epoch, and a saved state from the same
+    params, device type, code and data is resumed from. The training path is a dict for summary.json:
+    `train_path` "cpu", "cuda-graph" or "cuda-eager", and `capture_error` when capture failed.
+    """
+    train_x, train_y = load_split("train", device)
+    eval_x, eval_y = load_split("eval", device)
+    if train["validation_steps"]:
+        eval_x, eval_y = (t[:train["validation_steps"] * train["batch_size"]] for t in (eval_x, eval_y))
+    batch_size, epochs, precision = train["batch_size"], train["epochs"], train["precision"]
+    steps = steps_per_epoch(train, len(train_x))
+    torch.manual_seed(train["seed"])  # the weights, and mixup's lambdas (CPU or CUDA generator)
+    shuffle = torch.Generator(device=device).manual_seed(train["seed"])
+    model, optimizer = new_model_and_optimizer(device, train["lr"])
+    state = {"fingerprint": fingerprint({"variant": variant, "train": train, "mixup": mixup}, device),
+             "epoch": 0, "rows": [], "best": None}
+    saved = load_resume(resume_path, state["fingerprint"]) if resume_path and resume_path.exists() else None
+    if saved is not None:
+        state = saved
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        shuffle.set_state(saved["shuffle_rng"])
+        torch.set_rng_state(saved["cpu_rng"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
+        print(f"resuming {variant} after epoch {saved['epoch']} from {resume_path}", flush=True)
+
+    graphed = GraphedEpochs(model, optimizer, train_x, train_y, batch_size, steps, precision) \
+        if device.type == "cuda" else None
+    interactive, first_epoch = sys.stderr.isatty(), state["epoch"]
+    for epoch in range(first_epoch, epochs):
+        mixing = mixup is not None and is_mixup_epoch(epoch, mixup["warmup"])
+        order = torch.randperm(len(train_x), generator=shuffle, device=device)
+        lams = sample_lambdas(mixup["alpha"], steps, device) if mixing else None
+        progress = f"{variant} {epoch + 1}/{epochs}" if interactive else None
+        start = time.perf_counter()
+        if graphed is not None:
+            losses = graphed.epoch(order, lams, progress)
+            torch.cuda.synchronize()
+        else:
+            losses = train_epoch(model, optimizer, train_x, train_y, order, batch_size, steps, lams, precision,
+                                 progress)
+        seconds = time.perf_counter() - start
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            raise UserError(f"{variant}: the training loss became {losses[bad[0, 0]].item()} at epoch {epoch + 1}, "
+                            f"step {bad[0, 0].item() + 1} of {steps}; lower train.lr (now {train['lr']})")
+        eval_loss, eval_acc = evaluate(model, eval_x, eval_y)
+        row = {"epoch": epoch + 1, "step": (epoch + 1) * steps, "train_loss": losses.mean().item(),
+               "eval_loss": eval_loss, "eval_acc": eval_acc, "lr": optimizer.param_groups[0]["lr"],
+               "examples_per_sec": steps * batch_size / seconds, "seconds": seconds,
+               "train_steps": steps, "eval_images": len(eval_x)}
+        print(f"{variant} epoch {row['epoch']}/{epochs}{' (mixup)' if mixing else ''}: "
+              f"train loss {row['train_loss']:.4f}, eval loss {eval_loss:.4f}, eval acc {eval_acc:.4f}, "
+              f"{row['examples_per_sec']:.0f} img/s, {seconds:.1f} s", flush=True)
+        if epoch == first_epoch:  # the path is known once the first epoch has captured its graph
+            print(f"training path: {describe_path(graphed)}", flush=True)
+        state["rows"].append(row)
+        if state["best"] is None or eval_loss < state["best"]["eval_loss"]:
+            # Like FastEstimator's ModelSaver: keep the weights with the lowest eval loss.
+            state["best"] = {"model": {k: v.clone() for k, v in model.state_dict().items()},
+                             "epoch": epoch + 1, "eval_loss": eval_loss, "eval_acc": eval_acc}
+        state.update(epoch=epoch + 1, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                     **rng_states(shuffle, device))
+        if resume_path is not None:
+            with atomic_output(resume_path) as tmp:
+                torch.save(state, tmp)
+    final = {"model": model.state_dict(), "epoch": epochs, "eval_loss": state["rows"][-1]["eval_loss"],
+             "eval_acc": state["rows"][-1]["eval_acc"]}
+    path = {"train_path": graphed.path if graphed is not None else "cpu"}
+    if graphed is not None and graphed.capture_error:
+        path["capture_error"] = graphed.capture_error
+    return state["rows"], state["best"], final, path
+
+
+def describe_path(graphed):
+    """Which training path runs: "cpu", "cuda-graph", or "cuda-eager" with the reason capture failed."""
+    if graphed is None:
+        return "cpu"
+    return graphed.path + (f" (CUDA graph capture failed: {graphed.capture_error})" if graphed.capture_error else "")
+
+
+def rng_states(shuffle, device):
+    """Every generator a run draws from: the shuffle's, and the default one of the training device
+    (mixup's lambdas come from the CUDA generator on a GPU, from the CPU one otherwise)."""
+    states = {"shuffle_rng": shuffle.get_state(), "cpu_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def load_resume(path, fingerprint):
+    """The state saved at `path` if it was written for this fingerprint, else None, saying why.
+
+    An unreadable file (a machine that crashed mid-write, a full disk) is moved aside with one line
+    saying so, and training starts from the beginning instead of failing until someone deletes it.
+    """
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)  # generator states must stay on the CPU
+        if not isinstance(saved, dict) or "fingerprint" not in saved:
+            raise ValueError("not a resume state")
+        if saved["fingerprint"] == fingerprint and (missing := RESUME_KEYS - set(saved)):
+            raise ValueError(f"it lacks {', '.join(sorted(missing))}")
+    except Exception as e:  # noqa: BLE001 - whatever makes the file unusable, the remedy is the same
+        aside = path.with_name(path.name + ".unreadable")
+        path.replace(aside)
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        print(f"{path} is unreadable ({reason}); moved it to {aside}, training starts from the beginning", flush=True)
+        return None
+    if saved["fingerprint"] != fingerprint:
+        print(f"ignoring {path}: it was written for other params, device, code or data", flush=True)
+        return None
+    return saved
+
+
+RESUME_KEYS = {"fingerprint", "epoch", "rows", "best", "model", "optimizer", "shuffle_rng", "cpu_rng"}
