@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from lenet_mixup import paths, steps
 from lenet_mixup.cifar import minmax, read_archive
 from lenet_mixup.data import load_split
+from lenet_mixup.device import resolve_device
 from lenet_mixup.mixup import sample_lambdas
 from lenet_mixup.model import lenet
 
@@ -148,7 +149,7 @@ def serve(kind, device, threads, synthetic, conn):
     """A loop's process: set up, then time `n` steps of a variant on each request; last, report memory."""
     if threads:
         torch.set_num_threads(threads)
-    device = torch.device(device)
+    device = resolve_device(device, announce=False)  # on CUDA: TF32 off, as the stages compute
     run = LOOP_SETUP[kind](device, synthetic)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     while (job := conn.recv()) is not None:
@@ -180,9 +181,11 @@ def main():
         parser.error(f"--steps must lie in 1..{EPOCH_STEPS} and --warmup must be >= 0")
     if not set(loops) <= set(LOOPS) or "project" not in loops:
         parser.error(f"--loops must include project and name only {', '.join(LOOPS)}")
-    if not real() and args.images < max(windows * WINDOW, args.warmup) * BATCH:
-        parser.error(f"--images must hold at least {max(windows * WINDOW, args.warmup) * BATCH} images "
-                     f"({BATCH} per timed step)")
+    needed = max(windows * WINDOW, args.warmup) * BATCH  # every step of a request on distinct images
+    if real() and len(np.load(paths.prepared_file("train_y"))) < needed:
+        parser.error(f"data/prepared holds fewer than the {needed} images {windows * WINDOW} steps need: lower --steps")
+    if not real() and args.images < needed:
+        parser.error(f"--images must hold at least {needed} images ({BATCH} per timed step)")
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device, threads = ("cuda", 0) if cuda else ("cpu", args.threads or torch.get_num_threads())
     label = torch.cuda.get_device_name() if cuda else f"CPU, torch on {threads} thread{'s' * (threads > 1)}"

@@ -2,12 +2,13 @@
 import torch
 
 
-def resolve_device(name):
-    """`auto` is CUDA when there is a GPU, else the CPU; prints which, and sets the matmul precision.
+def resolve_device(name, announce=True):
+    """`auto` is CUDA when there is a GPU, else the CPU; prints which, and sets how CUDA computes.
 
-    TF32 is off on CUDA: it rounds float32 matmul and conv inputs to 10 mantissa bits, which changes
+    On CUDA, TF32 is off: it rounds float32 matmul and conv inputs to 10 mantissa bits, which changes
     results against the CPU path; this pipeline trains in float32 as the tutorial did (train.precision
-    chooses bf16 explicitly).
+    chooses bf16 explicitly). cuDNN runs deterministic algorithms, so that, as on the CPU, the same
+    seed gives the same metrics and a resumed run the metrics of an uninterrupted one.
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -15,11 +16,14 @@ def resolve_device(name):
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    print(f"device: {describe(device)}", flush=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    if announce:
+        print(f"device: {describe(device)}", flush=True)
     return device
 
 
 def describe(device):
     if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)}, TF32 off)"
+        return f"{device} ({torch.cuda.get_device_name(device)}, TF32 off, deterministic cuDNN)"
     return f"{device} (CPU, {torch.get_num_threads()} threads)"

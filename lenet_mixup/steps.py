@@ -164,7 +164,8 @@ class GraphedEpochs:
         with torch.cuda.stream(side):
             for _ in range(warmup):
                 self.step()
-        torch.cuda.current_stream().wait_stream(side)
+        main = torch.cuda.current_stream()
+        main.wait_stream(side)
         try:
             graph = torch.cuda.CUDAGraph()
             self.optimizer.zero_grad(set_to_none=True)
@@ -172,5 +173,7 @@ class GraphedEpochs:
                 self.step()
             self.graph = graph
         except RuntimeError as e:
-            self.capture_error = str(e).splitlines()[0]
+            torch.cuda.set_stream(main)  # a failure inside capture_end can leave the capture stream current
+            cause = e.__context__ if isinstance(e.__context__, RuntimeError) else e  # the first error, not its echo
+            self.capture_error = (str(cause).splitlines() or [type(cause).__name__])[0]
         return warmup

@@ -25,6 +25,8 @@ def main():
     device = resolve_device(train["device"])
     rows, best, final, path = train_variant(variant, train, mixup, device, resume_path=paths.resume_state(variant))
     summary = {**summarize(rows), "device": device.type, "precision": train["precision"], **path}
+    if device.type == "cuda":
+        summary["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     for which, checkpoint in (("best", best), ("final", final)):
         with atomic_output(paths.checkpoint(variant, which)) as tmp:
             torch.save({**checkpoint, "model": {k: v.cpu() for k, v in checkpoint["model"].items()}}, tmp)

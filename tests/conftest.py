@@ -18,9 +18,9 @@ from lenet_mixup.params import dump_yaml, read_yaml
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # What a clone of the project holds that the pipeline needs (params.yaml comes from the last commit).
-PROJECT_FILES = ["dvc.yaml", "stages", "lenet_mixup", "requirements.txt", ".dvcignore", ".dvc/config", ".dvc/plots",
-                 ".gitignore", "data/.gitignore", "data/raw/.gitignore", "models/.gitignore", "metrics/.gitignore",
-                 "metrics/baseline/.gitignore", "metrics/mixup/.gitignore"]
+PROJECT_FILES = ["dvc.yaml", "stages", "lenet_mixup", "tools", "requirements.txt", ".dvcignore", ".dvc/config",
+                 ".dvc/plots", ".gitignore", "data/.gitignore", "data/raw/.gitignore", "models/.gitignore",
+                 "metrics/.gitignore", "metrics/baseline/.gitignore", "metrics/mixup/.gitignore"]
 
 
 def synthetic_split(n, seed):
@@ -104,10 +104,10 @@ class Project:
         return (self.path / relative).read_text()
 
 
-def committed_params():
+def committed_params(root=ROOT):
     """params.yaml as last committed: what a fresh clone has, whatever `dvc exp run -S` left in the workspace."""
-    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True)
-    return shown.stdout if shown.returncode == 0 else (ROOT / "params.yaml").read_text()
+    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=root, capture_output=True, text=True)
+    return shown.stdout if shown.returncode == 0 else (root / "params.yaml").read_text()
 
 
 def new_project(path, tiny_archive):
@@ -150,3 +150,15 @@ def finished_project(tmp_path, finished_template):
     """A copy of a project whose whole pipeline has run and been committed (one run per session)."""
     shutil.copytree(finished_template.path, tmp_path / "project", symlinks=True)
     return Project(tmp_path / "project")
+
+
+@pytest.fixture
+def prepared(tmp_path, monkeypatch, tiny_archive):
+    """A working folder (the current one) holding data/prepared/ from the tiny archive: 250 train, 100 eval images."""
+    from lenet_mixup import paths
+    from stages import prepare
+    monkeypatch.chdir(tmp_path)
+    paths.RAW_ARCHIVE.parent.mkdir(parents=True)
+    shutil.copy(tiny_archive[0], paths.RAW_ARCHIVE)
+    prepare.main()
+    return tmp_path

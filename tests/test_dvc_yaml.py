@@ -65,3 +65,20 @@ def test_every_stage_can_enter_the_run_cache(stage):
         if isinstance(out, dict):
             (path, props), = out.items()
             assert (props or {}).get("cache", True), f"{stage}: {path} has cache: false but is no metric or plot"
+
+
+# The data each stage's command reads (lenet_mixup/paths.py names them): each must be a dependency.
+READS = {
+    "prepare": ["data/raw/cifar-10-python.tar.gz"],
+    "train_baseline": ["data/prepared"], "train_mixup": ["data/prepared"],
+    "evaluate_baseline": ["data/prepared", "models/baseline"], "evaluate_mixup": ["data/prepared", "models/mixup"],
+    "mixup_examples": ["data/prepared"],
+    "compare": [f"metrics/{v}/{f}" for v in ("baseline", "mixup")
+                for f in ("epochs.tsv", "evaluation.json", "fgsm.tsv", "reliability.tsv")],
+}
+
+
+@pytest.mark.parametrize("stage", list(READS))
+def test_every_input_a_stage_reads_is_a_dependency(stage):
+    assert set(READS[stage]) <= set(PIPELINE[stage]["deps"])
+    assert {d for d in PIPELINE[stage]["deps"] if not d.endswith(".py")} <= set(READS[stage]) | {"requirements.txt"}

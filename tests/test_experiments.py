@@ -64,8 +64,9 @@ def test_a_clone_that_pulled_the_run_cache_reruns_nothing(finished_project, tmp_
     project = finished_project
     project.dvc("remote", "add", "-d", "shared", str(tmp_path / "remote"))
     project.commit("shared remote")
+    project.dvc("push", "--run-cache")  # the committed results
     project.dvc("exp", "run", "-S", "mixup.alpha=0.4")
-    project.dvc("push", "--run-cache")
+    project.dvc("push", "--run-cache")  # and what the experiment computed
     clone = Project(tmp_path / "clone")
     subprocess.run(["git", "clone", "-q", str(project.path), str(clone.path)], check=True)
     clone.dvc("pull", "--run-cache")

@@ -97,3 +97,15 @@ def test_the_stages_read_params_as_dvc_does(tmp_path):
     from dvc.utils.serialize import parse_yaml
     text = committed_params().replace("lr: 0.001", "lr: 1e-4").replace("alpha: 1.0", "alpha: .5")
     assert read_yaml(text) == parse_yaml(text, "params.yaml")
+
+
+def test_the_tests_start_from_the_committed_params_not_the_workspace(tmp_path):
+    """After the README's `dvc exp run -S mixup.alpha=0.4` the workspace differs from the last commit;
+    the tests' projects must still start from what a fresh clone has."""
+    import subprocess
+    (tmp_path / "params.yaml").write_text("mixup:\n  alpha: 1.0\n")
+    for args in (["init", "-q"], ["add", "params.yaml"],
+                 ["-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "params"]):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True)
+    (tmp_path / "params.yaml").write_text("mixup:\n  alpha: 0.4\n")
+    assert committed_params(tmp_path) == "mixup:\n  alpha: 1.0\n"

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from lenet_mixup.metrics import COLUMNS, read_tsv
-from tests.conftest import ROOT, Project, dvc_env
+from tests.conftest import Project, dvc_env
 from tools.study import plan, run_name
 
 
@@ -21,8 +21,6 @@ def test_the_plan_is_the_study_the_issue_asks_for():
 def test_a_run_trains_from_the_commit_and_commits_its_results(finished_project, tmp_path):
     # A repository holding the study tool and the pipeline, and prepared data from the tiny archive.
     project = finished_project
-    shutil.copytree(ROOT / "tools", project.path / "tools", ignore=shutil.ignore_patterns("__pycache__"))
-    project.commit("study tool")
     prepared = tmp_path / "prepared"
     shutil.copytree(project.path / "data/prepared", prepared)
     subprocess.run(["git", "-C", str(project.path), "config", "user.name", "study"], check=True)

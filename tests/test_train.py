@@ -10,23 +10,12 @@ from lenet_mixup.data import load_split
 from lenet_mixup.evaluation import evaluate
 from lenet_mixup.model import lenet
 from lenet_mixup.stage import UserError
-from stages import prepare
 
 TRAIN = {"epochs": 2, "batch_size": 50, "lr": 0.001, "seed": 0, "device": "cpu", "precision": "fp32",
          "steps_per_epoch": None, "validation_steps": None}
 MIXUP = {"alpha": 1.0, "warmup": 1}
 CPU = torch.device("cpu")
 TIMING = ("seconds", "examples_per_sec")
-
-
-@pytest.fixture
-def prepared(tmp_path, monkeypatch, tiny_archive):
-    """A working folder holding data/prepared/ from the tiny archive (250 train, 100 eval images)."""
-    monkeypatch.chdir(tmp_path)
-    paths.RAW_ARCHIVE.parent.mkdir(parents=True)
-    shutil.copy(tiny_archive[0], paths.RAW_ARCHIVE)
-    prepare.main()
-    return tmp_path
 
 
 def curve(rows):
@@ -143,8 +132,8 @@ def test_the_resume_state_holds_the_generator_of_the_training_device(monkeypatch
     assert set(on_cuda) == {"shuffle_rng", "cpu_rng", "cuda_rng"} and on_cuda["cuda_rng"][0] == 7
 
 
-def killed_after(epochs, monkeypatch, train, resume):
-    """Run `train` with a resume state, interrupted as a kill would after `epochs` complete epochs."""
+def killed_after(epochs, monkeypatch, variant, train, mixup, device, resume):
+    """Run with a resume state, interrupted as a kill would be after `epochs` complete epochs."""
     real, calls = training.evaluate, []
 
     def evaluate(*args):
@@ -155,13 +144,13 @@ def killed_after(epochs, monkeypatch, train, resume):
     with monkeypatch.context() as m:
         m.setattr(training, "evaluate", evaluate)
         with pytest.raises(KeyboardInterrupt):
-            training.train_variant("mixup", train, MIXUP, CPU, resume_path=resume)
+            training.train_variant(variant, train, mixup, device, resume_path=resume)
 
 
 def test_a_killed_run_resumes_exactly(prepared, monkeypatch, capsys):
     four, resume = {**TRAIN, "epochs": 4}, paths.resume_state("mixup")
     uninterrupted = curve(training.train_variant("mixup", four, MIXUP, CPU)[0])
-    killed_after(2, monkeypatch, four, resume)
+    killed_after(2, monkeypatch, "mixup", four, MIXUP, CPU, resume)
     rows, _, _, _ = training.train_variant("mixup", four, MIXUP, CPU, resume_path=resume)
     assert "resuming mixup after epoch 2" in capsys.readouterr().out
     assert curve(rows) == uninterrupted
@@ -171,7 +160,7 @@ def test_a_killed_run_resumes_exactly(prepared, monkeypatch, capsys):
 def test_an_unreadable_resume_state_is_set_aside_and_training_starts_over(prepared, monkeypatch, capsys, damage):
     four, resume = {**TRAIN, "epochs": 4}, paths.resume_state("mixup")
     uninterrupted = curve(training.train_variant("mixup", four, MIXUP, CPU)[0])
-    killed_after(2, monkeypatch, four, resume)
+    killed_after(2, monkeypatch, "mixup", four, MIXUP, CPU, resume)
     if damage == "empty":  # a full disk
         resume.write_bytes(b"")
     elif damage == "truncated":  # a machine that crashed while the disk wrote it

@@ -183,12 +183,12 @@ def main():
     go.add_argument("--only", default="*", help="run only the runs whose name matches this glob")
     go.add_argument("--no-commit", action="store_true", help="record results in study/runs/ but do not commit them")
     sub.add_parser("status", help="list the plan: done or to do")
-    sub.add_parser("report", help="the statistics, figure and table from study/runs/ (tools.study_report)")
-    args = parser.parse_args()
-
-    if args.command == "report":
+    sub.add_parser("report", help="the statistics, figure and table from study/runs/ (tools.study_report; "
+                   "`report --help` for its options)", add_help=False)
+    if sys.argv[1:2] == ["report"]:  # the report parses its own options (--runs, --out)
         from tools import study_report
-        return study_report.main()
+        return study_report.main(sys.argv[2:])
+    args = parser.parse_args()
     runs = plan()
     if args.command == "status":
         for run in runs:

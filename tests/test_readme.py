@@ -1,0 +1,136 @@
+"""Every flow the README shows, run as written, in the README's order, from a fresh clone, through DVC.
+
+The blocks marked `<!-- flow: NAME -->` in README.md run line by line in one bash session, on a tiny
+archive. The only stand-ins: ../shared/cifar10/make_archive.py copies the tiny archive (whose md5
+replaces the real one's), temporary folders replace /mnt/shared/dvc-cache and /path/to/this/repository,
+and `python3 -m venv` links the test run's own, already installed, environment instead of building one.
+"""
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT_FILES, ROOT, committed_params, dvc_env
+from tests.test_pipeline import ALL_STAGES, ran
+
+FLOWS = ["offline first run", "everyday", "failed experiment", "share", "other machine"]
+REAL_MD5 = "6887622ef4a2fb302ab8f665434a650f"
+FLOW = re.compile(r"<!-- flow: (.+?) -->\n```bash\n(.*?)```", re.S)
+COMMENT = re.compile(r"\s+#\s.*$")
+
+
+def readme_flows():
+    return {name: block for name, block in FLOW.findall((ROOT / "README.md").read_text())}
+
+
+def test_the_flows_tested_are_the_readme_flows_in_its_order():
+    assert list(readme_flows()) == FLOWS
+
+
+class Session:
+    """One bash session: each line of a flow runs in it (so `cd` and `source` carry over), with its exit
+    status and output recorded."""
+
+    def __init__(self, cwd, env, substitutions):
+        self.cwd, self.env, self.substitutions = cwd, env, substitutions
+
+    def run(self, flow):
+        lines = [COMMENT.sub("", line) for line in readme_flows()[flow].splitlines() if line.strip()]
+        for old, new in self.substitutions.items():
+            lines = [line.replace(old, new) for line in lines]
+        script = f"exec 2>&1\ncd {self.cwd}\n" + "".join(f"echo '::start {i}::'\n{line}\necho \"::rc {i} $?::\"\n"
+                                              for i, line in enumerate(lines))
+        script += "echo \"::cwd $PWD::\"\n"
+        done = subprocess.run(["bash", "-c", script], env=self.env, capture_output=True, text=True, timeout=1200)
+        self.cwd = re.search(r"::cwd (.*)::", done.stdout).group(1)
+        steps = []
+        for i, line in enumerate(lines):
+            part = done.stdout.split(f"::start {i}::\n", 1)[1].split(f"::rc {i} ", 1)
+            steps.append((line, int(part[1].split("::", 1)[0]), part[0]))
+        return steps
+
+
+@pytest.fixture
+def fresh_clone(tmp_path, tiny_archive):
+    """A clone of the project as committed (default params), beside a ../shared/cifar10 stand-in."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in [*PROJECT_FILES, "README.md", "Makefile", "data/README.md"]:
+        source, target = ROOT / name, project / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        else:
+            shutil.copy(source, target)
+    (project / "params.yaml").write_text(committed_params())
+    for args in (["init", "-q"], ["config", "user.email", "test@example.com"], ["config", "user.name", "test"],
+                 ["add", "-A"], ["commit", "-qm", "the project"]):
+        subprocess.run(["git", *args], cwd=project, check=True)
+
+    archive, md5 = tiny_archive
+    stand_in = tmp_path / "shared/cifar10/make_archive.py"
+    stand_in.parent.mkdir(parents=True)
+    stand_in.write_text(f"import shutil, sys\nshutil.copy({str(archive)!r}, sys.argv[1])\n"
+                        f"print(f'wrote {{sys.argv[1]}}: the tiny test archive, md5 {md5}')\n")
+    tools = tmp_path / "bin"  # `python3 -m venv DIR` links this test run's environment
+    tools.mkdir()
+    venv = Path(sys.executable).parent.parent
+    (tools / "python3").write_text(f'#!/bin/sh\nif [ "$1 $2" = "-m venv" ]; then exec ln -sfn {venv} "$3"; fi\n'
+                                   f'exec {sys.executable} "$@"\n')
+    (tools / "python3").chmod(0o755)
+    env = dvc_env()
+    env.update(HOME=str(tmp_path / "home"), PATH=f"{tools}:{env['PATH']}", GIT_AUTHOR_NAME="test",
+               GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "other").mkdir()
+    return Session(project, env, {REAL_MD5: md5, "/mnt/shared/dvc-cache": str(tmp_path / "remote"),
+                                  "/path/to/this/repository": str(project)}), tmp_path
+
+
+def succeeded(steps):
+    for line, rc, output in steps:
+        assert rc == 0, f"`{line}` failed ({rc}):\n{output[-3000:]}"
+    return {line.split(" #")[0]: output for line, _, output in steps}
+
+
+def test_the_readme_flows_work_as_written(fresh_clone):
+    session, tmp = fresh_clone
+    project = session.cwd
+
+    steps = session.run("offline first run")
+    out = succeeded(steps)
+    assert "md5 ok:" in out[steps[-1][0]] and ran(out[steps[-1][0]]) == ALL_STAGES
+    assert (project / "metrics/mixup/summary.json").is_file() and (project / "data/plots-offline.html").is_file()
+    make_repro = subprocess.run(["make", "repro"], cwd=project, env=session.env, capture_output=True, text=True)
+    assert make_repro.returncode == 0 and "Data and pipelines are up to date" in make_repro.stdout
+
+    steps = session.run("everyday")
+    out = [output for _, _, output in steps]
+    succeeded(steps)
+    assert "Stage 'train_baseline' didn't change, skipping" in out[1] and "Running stage 'train_mixup'" in out[1]
+    assert "metrics/mixup/summary.json" in out[2] and "metrics/baseline/summary.json" not in out[2]
+    shown = out[3]
+    assert "mixup.alpha" in shown and "final_eval_acc" in shown and "train.lr" not in shown
+    assert max(len(line) for line in shown.splitlines()) < 200
+    assert (project / "dvc_plots/index.html").is_file()
+
+    steps = session.run("failed experiment")
+    (failed, rc, output), *rest = steps
+    assert rc != 0 and "the training loss became nan" in output and "lower train.lr" in output
+    succeeded(rest)
+    assert "Data and pipelines are up to date" in rest[-1][2]
+    assert subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project,
+                          capture_output=True, text=True).stdout == ""
+
+    succeeded(session.run("share"))
+    session.cwd = tmp / "other"
+    steps = session.run("other machine")
+    out = succeeded(steps)
+    assert session.cwd == str(tmp / "other/lenet-mixup")
+    assert ran(steps[3][2]) == [] and "Data and pipelines are up to date" in steps[3][2]
+    clone = tmp / "other/lenet-mixup"
+    assert (clone / "dvc_plots/index.html").is_file()
+    assert (clone / "models/mixup/final.pt").read_bytes() == (project / "models/mixup/final.pt").read_bytes()
