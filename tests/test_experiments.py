@@ -73,7 +73,7 @@ def test_a_clone_that_pulled_the_run_cache_reruns_nothing(finished_project, tmp_
     assert (clone.path / "models/mixup/final.pt").is_file()
     result = clone.dvc("repro")
     assert ran(result) == [] and "Data and pipelines are up to date" in result.stdout
-    exp = clone.dvc("exp", "run", "-S", "mixup.alpha=0.4")
+    exp = clone.dvc("exp", "run", "--pull", "-S", "mixup.alpha=0.4")  # --pull: what the run-cache restores
     assert ran(exp) == [], exp.stdout
     for stage in ("train_mixup", "evaluate_mixup", "mixup_examples", "compare"):
         assert f"Stage '{stage}' is cached - skipping run" in exp.stdout
