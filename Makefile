@@ -4,7 +4,7 @@ VENV := .venv
 # Stage commands in dvc.yaml call `python`: make it the project's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test lint bench plots sweep-report study study-report clean
+.PHONY: setup repro test lint bench plots sweep sweep-report study study-report clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ bench: setup
 
 plots: setup
 	dvc plots show
+
+# make sweep ARGS="-S 'mixup.alpha=0.2,0.4,1.0' -S 'train.seed=0,1,2' [--workers N] [--address ADDR]"
+sweep: setup
+	python -m tools.sweep $(ARGS)
 
 sweep-report: setup
 	python -m tools.sweep_report

@@ -1,0 +1,151 @@
+"""Sweep launchers side by side: the same tiny sweep run three ways, in one go.
+
+    python -m bench.sweep_speed [-S 'mixup.alpha=0.2,0.4' -S 'train.seed=0,1'] [--workers 2] [--threads 1]
+                                [--project DIR]
+
+  one by one   `dvc exp run -S ...` for each combination, one after another
+  dvc queue    `dvc exp run --queue -S ... -S ...`, then `dvc queue start -j WORKERS` until the queue is empty
+  tools.sweep  `python -m tools.sweep -S ... -S ... --workers WORKERS` (a local Ray on 127.0.0.1)
+
+Each way starts from its own copy of one finished project (the pipeline run once with HEAD's params,
+committed), with its own DVC cache, so no way restores what another computed. The project is the
+tests' tiny one (tests/conftest.py: a synthetic archive of 250 training images, 2 epochs) unless
+--project names a finished, committed one. Every run gets --threads torch threads (OMP_NUM_THREADS).
+
+Printed per way: the wall time, its ratio to one by one, the training stages' own seconds (the
+train_seconds of every distinct summary.json the sweep's experiments hold, HEAD's excluded: what had to
+be trained), and the launcher's overhead per run = (wall time x runs at a time - training seconds) /
+runs: the seconds of a worker slot each run spent on anything but training (starting Python and DVC,
+cloning, checking out, evaluating, plotting, bringing the experiment back, waiting).
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lenet_mixup.params import read_yaml
+from tools.sweep import expand
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = ["mixup.alpha=0.2,0.4", "train.seed=0,1"]
+
+
+def environment(threads):
+    """This interpreter's python and dvc first on PATH, torch's threads fixed, tools.sweep importable."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+
+
+def call(args, cwd, env):
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        output = result.stdout[-3000:] + result.stderr[-3000:]
+        sys.exit(f"error: `{' '.join(map(str, args))}` failed in {cwd}:\n{output}")
+    return result.stdout
+
+
+def dvc(*args, cwd, env):
+    return call([sys.executable, "-m", "dvc", *args], cwd, env)
+
+
+def tiny_project(folder, env):
+    """The tests' tiny project, its pipeline run and committed."""
+    from tests.conftest import new_project, write_archive
+    archive = folder / "cifar-10-python.tar.gz"
+    md5 = write_archive(archive)
+    project = new_project(folder / "template", (archive, md5)).path
+    dvc("repro", "-q", cwd=project, env=env)
+    call(["git", "add", "-A"], project, env)
+    call(["git", "commit", "-qm", "first run"], project, env)
+    return project
+
+
+def one_by_one(project, grid, workers, env):
+    for run in expand(grid, read_yaml((project / "params.yaml").read_text())):
+        dvc("exp", "run", *[a for override in run.overrides for a in ("-S", override)], cwd=project, env=env)
+
+
+def dvc_queue(project, grid, workers, env):
+    dvc("exp", "run", "--queue", *[a for override in grid for a in ("-S", override)], cwd=project, env=env)
+    dvc("queue", "start", "-j", str(workers), cwd=project, env=env)
+    while True:
+        status = dvc("queue", "status", cwd=project, env=env)
+        if "Queued" not in status and "Running" not in status:
+            return
+        time.sleep(1)
+
+
+def ray_sweep(project, grid, workers, env):
+    call([sys.executable, "-m", "tools.sweep", *[a for override in grid for a in ("-S", override)],
+          "--workers", str(workers), "--threads", env["OMP_NUM_THREADS"]], project, env)
+
+
+WAYS = [("one by one (dvc exp run)", one_by_one, False),
+        ("dvc queue start -j {workers}", dvc_queue, True),
+        ("python -m tools.sweep --workers {workers}", ray_sweep, True)]
+
+
+def trained(project, env):
+    """(experiments of HEAD, seconds of training they needed): train_seconds over distinct summaries."""
+    shown = json.loads(dvc("exp", "show", "--json", cwd=project, env=env))
+    head = next(entry for entry in shown if entry.get("rev") != "workspace")
+    seen = {json.dumps(summary_of(head, v), sort_keys=True) for v in ("baseline", "mixup")}
+    runs, seconds = 0, 0.0
+    for exp in head.get("experiments") or []:
+        for rev in exp.get("revs") or []:
+            runs += 1
+            for variant in ("baseline", "mixup"):
+                summary = summary_of(rev, variant)
+                if summary and json.dumps(summary, sort_keys=True) not in seen:
+                    seen.add(json.dumps(summary, sort_keys=True))
+                    seconds += summary["train_seconds"]
+    return runs, seconds
+
+
+def summary_of(entry, variant):
+    metrics = (entry.get("data") or {}).get("metrics") or {}
+    return (metrics.get(f"metrics/{variant}/summary.json") or {}).get("data")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-S", "--set-param", action="append", dest="grid", metavar="KEY=VALUES",
+                        help=f"the sweep, as `dvc exp run -S` (default: {' '.join('-S ' + g for g in GRID)})")
+    parser.add_argument("--workers", type=int, default=2, help="runs at a time for the queue and the sweep")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (OMP_NUM_THREADS)")
+    parser.add_argument("--project", type=Path, help="a finished, committed project to copy (default: the tiny one)")
+    args = parser.parse_args()
+    grid = args.grid or GRID
+    env = environment(args.threads)
+    with tempfile.TemporaryDirectory(prefix="sweep-bench-") as scratch:
+        scratch = Path(scratch)
+        template = args.project.resolve() if args.project else tiny_project(scratch, env)
+        runs = len(expand(grid, read_yaml((template / "params.yaml").read_text())))
+        print(f"{runs} run{'s' * (runs != 1)} ({' '.join('-S ' + g for g in grid)}), {args.workers} at a time "
+              f"for the queue and the sweep, {args.threads} torch thread(s) per run; {os.cpu_count()} CPUs, "
+              f"load average {os.getloadavg()[0]:.1f} at the start", flush=True)
+        rows = []
+        for label, way, parallel in WAYS:
+            project = scratch / f"way{len(rows)}"
+            shutil.copytree(template, project, symlinks=True)
+            start = time.perf_counter()
+            way(project, grid, args.workers, env)
+            wall = time.perf_counter() - start
+            done, training = trained(project, env)
+            slots = args.workers if parallel else 1
+            rows.append((label.format(workers=args.workers), wall, training, (wall * slots - training) / runs, done))
+            print(f"  {rows[-1][0]}: {wall:.1f} s, {done} experiments", flush=True)
+        print(f"\n{'way':44} {'wall s':>8} {'ratio':>7} {'training s':>11} {'overhead/run s':>15} {'experiments':>12}")
+        for label, wall, training, overhead, done in rows:
+            print(f"{label:44} {wall:8.1f} {wall / rows[0][1]:7.2f} {training:11.1f} {overhead:15.1f} {done:12}")
+        print(f"ratio: wall time / one by one's. overhead per run: (wall x runs at a time - training s) / {runs} runs")
+        print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()
