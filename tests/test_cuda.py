@@ -326,3 +326,28 @@ def test_gpu_check_smoke_runs_on_the_cpu(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["gpu_check.log", "report.txt", "report.json", "bench.txt", "baseline-summary.json", "mixup-summary.json",
          "baseline-epochs.tsv", "mixup-epochs.tsv"])
+
+
+def test_gpu_check_stages_what_a_device_call_carries(tmp_path):
+    """bench/gpu_check.sh --stage-carry: the data and the wheels the device machine lacks, in one folder.
+    pip reads its wheel from a local folder here (PIP_NO_INDEX, PIP_FIND_LINKS), not from the index."""
+    import zipfile
+    source, wheels, staged = tmp_path / "shared", tmp_path / "wheelhouse", tmp_path / "device"
+    source.mkdir()
+    wheels.mkdir()
+    for name in ("cifar10-jpeg.tar.gz", "make_archive.py"):
+        (source / name).write_text(name)
+    with zipfile.ZipFile(wheels / "ruamel_yaml-0.19.1-py3-none-any.whl", "w") as wheel:
+        info = "ruamel_yaml-0.19.1.dist-info"
+        wheel.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: ruamel.yaml\nVersion: 0.19.1\n")
+        wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    env = {**dvc_env(), "PYTHON": sys.executable, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)}
+    result = subprocess.run(["bash", "bench/gpu_check.sh", "--stage-carry", "--from", str(source),
+                             "--data", str(staged)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (staged / "cifar10-jpeg.tar.gz").read_text() == "cifar10-jpeg.tar.gz"
+    assert [w.name for w in (staged / "wheels").iterdir()] == ["ruamel_yaml-0.19.1-py3-none-any.whl"]
+    assert "carry: [" in result.stdout
+    missing = subprocess.run(["bash", "bench/gpu_check.sh", "--stage-carry", "--from", str(tmp_path / "nowhere"),
+                              "--data", str(staged)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert missing.returncode == 1 and "not found (--from DIR names the folder holding it)" in missing.stderr

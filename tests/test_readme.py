@@ -126,6 +126,11 @@ def test_the_readme_flows_work_as_written(fresh_clone):
                           capture_output=True, text=True).stdout == ""
 
     succeeded(session.run("share"))
+    # The Sweeps section's make target, as a plan (the sweeps themselves run in tests/test_sweep.py).
+    plan = subprocess.run(["make", "sweep", "ARGS=--dry -S 'mixup.alpha=0.2,0.4,1.0' -S 'train.seed=0,1,2'"],
+                          cwd=project, env=session.env, capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert ": 9 runs, 0 already done, 9 to run" in plan.stdout and "to run: alpha0.4-seed1" in plan.stdout
     session.cwd = tmp / "other"
     steps = session.run("other machine")
     out = succeeded(steps)
@@ -134,3 +139,47 @@ def test_the_readme_flows_work_as_written(fresh_clone):
     clone = tmp / "other/lenet-mixup"
     assert (clone / "dvc_plots/index.html").is_file()
     assert (clone / "models/mixup/final.pt").read_bytes() == (project / "models/mixup/final.pt").read_bytes()
+
+
+# Every command a README code block shows, and the test that runs it (at least as a smoke test).
+COVERED = {
+    "make repro": "test_the_readme_flows_work_as_written",
+    "make test": ".ci/run (CI runs the README's test command)",
+    "python -m tools.sweep -S": "tests/test_sweep.py::test_four_runs_on_two_workers_come_back_as_experiments",
+    "make sweep ARGS=": "test_the_readme_flows_work_as_written",
+    "dvc exp show": "tests/test_sweep.py::test_four_runs_on_two_workers_come_back_as_experiments",
+    "python -m tools.sweep_report": "tests/test_sweep.py::test_the_experiments_work_with_dvc_and_the_sweep_report",
+    "dvc exp apply": "tests/test_sweep.py::test_the_experiments_work_with_dvc_and_the_sweep_report",
+    "git push origin HEAD": "tests/test_sweep.py (remote_sweep: to the bare repository the runs clone)",
+    "python -m tools.sweep --address": "tests/test_sweep.py (remote_sweep: on a `ray start --head` cluster)",
+    "OMP_NUM_THREADS=1 python -m bench.sweep_speed": "tests/test_sweep_bench.py",
+    "make bench": "tests/test_bench.py",
+    "python -m bench.train_speed": "tests/test_bench.py",
+    "python -m tools.study run": "tests/test_study.py",
+    "python -m tools.study report": "tests/test_study_report.py",
+    "make study-report": "tests/test_study_report.py",
+    "bash bench/gpu_check.sh --stage-carry": "tests/test_cuda.py::test_gpu_check_stages_what_a_device_call_carries",
+    "bash bench/gpu_check.sh": "tests/test_cuda.py (on a GPU: the check itself; here: its --cpu-smoke mode)",
+}
+
+
+def readme_commands():
+    """The command lines of the README's bash blocks that are not flows (the flows run above)."""
+    text = (ROOT / "README.md").read_text()
+    flows = {block for _, block in FLOW.findall(text)}
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        if block not in flows:
+            yield from (COMMENT.sub("", line) for line in block.splitlines() if line.strip())
+
+
+def test_every_command_the_readme_shows_is_run_by_a_test():
+    uncovered = [line for line in readme_commands() if not any(line.startswith(c) for c in COVERED)]
+    assert not uncovered, f"README commands no test runs (add a test and list it in COVERED): {uncovered}"
+    for command, where in COVERED.items():
+        path, _, name = where.partition("::")
+        if path.startswith("tests/"):
+            test_file = ROOT / path.split(" ")[0]
+            assert test_file.is_file(), f"{command}: {test_file} is missing"
+            assert not name or f"def {name}(" in test_file.read_text(), f"{command}: no test {name} in {path}"
+        elif not path.startswith(".ci/"):
+            assert f"def {path}(" in Path(__file__).read_text(), f"{command}: no test {path} here"

@@ -27,8 +27,9 @@ TIMING = ("train_seconds", "examples_per_sec")
 
 
 def env():
-    """Stage commands on one torch thread (as the sweep's runs with --threads 1), the sweep from this checkout."""
-    return {**dvc_env(), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    """Stage commands on one torch thread (as the sweep's runs with --threads 1), the sweep from this checkout,
+    and Ray on this machine's loopback alone, drivers too (a driver on the network address finds no node)."""
+    return {**dvc_env(), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def sweep(project, *args, tmpdir=None, **popen):
@@ -262,8 +263,29 @@ def kill_worker_while_a_stage_runs(name, temp):
 
 
 @pytest.fixture(scope="module")
-def remote_sweep(tmp_path_factory, finished_template):
-    """alpha 0.4 and -1 through the stand-in remotes; alpha 0.4's Ray worker killed while a stage runs."""
+def ray_cluster():
+    """A Ray cluster started as the README's Cluster section starts one (`ray start --head`), on loopback
+    only; the sweep finds it with `--address auto`."""
+    import socket
+    with socket.socket() as probe:  # a free port: with --port=0 a driver's `--address auto` finds no GCS
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray = str(Path(sys.executable).parent / "ray")
+    loopback = env()
+    started = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                              "--include-dashboard=false", "--disable-usage-stats"], env=loopback,
+                             capture_output=True, text=True, timeout=300)
+    if started.returncode != 0:
+        subprocess.run([ray, "stop", "--force"], env=loopback, capture_output=True, timeout=300)
+        pytest.fail(f"`ray start --head` failed:\n{started.stdout[-2000:]}\n{started.stderr[-2000:]}")
+    yield
+    subprocess.run([ray, "stop", "--force"], env=loopback, capture_output=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def remote_sweep(tmp_path_factory, finished_template, ray_cluster):
+    """alpha 0.4 and -1 through the stand-in remotes, on a running Ray cluster (--address auto); alpha 0.4's
+    Ray worker killed while a stage runs."""
     base = tmp_path_factory.mktemp("remote")
     project = copy_project(finished_template, base / "project")
     project.run("git", "init", "-q", "--bare", str(base / "origin.git"))
@@ -273,7 +295,8 @@ def remote_sweep(tmp_path_factory, finished_template):
     project.run("git", "push", "-q", "origin", "HEAD:main")
     temp = base / "runs"
     temp.mkdir()
-    proc = sweep(project, "-S", "mixup.alpha=0.4,-1", "--remote", "origin", tmpdir=temp, start_new_session=True)
+    proc = sweep(project, "--address", "auto", "--remote", "origin", "-S", "mixup.alpha=0.4,-1", tmpdir=temp,
+                 start_new_session=True)
     killed, deadline = None, time.time() + 300
     while killed is None:
         assert proc.poll() is None and time.time() < deadline, f"alpha 0.4 never ran a stage: {proc.communicate()}"
