@@ -201,3 +201,11 @@ def test_the_study_command_writes_the_report_and_fails_in_one_line(study, tmp_pa
     assert result.stderr.strip().splitlines() == [f"error: {study / 'baseline-fp32-seed1'}: summary.json has no "
                                                   "peak_eval_acc"]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_committed_report_is_the_committed_runs_report(tmp_path):
+    """study/report.md (the README's figures and tables) regenerates, unchanged, from study/runs/."""
+    text = report(ROOT / "study/runs", tmp_path)
+    assert text == (ROOT / "study/report.md").read_text(), \
+        "study/report.md is stale: run `python -m tools.study report` and commit study/"
+    assert "25 runs read (25 of the 25 planned)" in text
