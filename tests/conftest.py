@@ -5,6 +5,7 @@ import io
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -66,6 +67,12 @@ def truncate(path, out):
         with pytest.raises(EOFError):
             f.read()
     return out
+
+
+def default_sigint():
+    """preexec_fn: let a child take Ctrl-C as from a terminal, even when pytest itself runs in the
+    background (a shell starts background jobs with SIGINT ignored, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def dvc_env():

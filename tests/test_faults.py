@@ -9,15 +9,9 @@ import time
 import pytest
 
 from lenet_mixup.metrics import read_tsv
-from tests.conftest import dvc_env
+from tests.conftest import default_sigint, dvc_env
 
 TIMING = ("seconds", "examples_per_sec")
-
-
-def default_sigint():
-    """Let the run take Ctrl-C as from a terminal, even when pytest itself runs in the background
-    (a shell starts background jobs with SIGINT ignored, and children inherit that)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def learning_curve(project, variant):

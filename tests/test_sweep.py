@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lenet_mixup.params import read_yaml
-from tests.conftest import ROOT, Project, committed_params, dvc_env
+from tests.conftest import ROOT, Project, committed_params, default_sigint, dvc_env
 from tools.sweep import SharedStages, apply, expand, plan, resources
 from tools.sweep_report import experiments
 
@@ -234,7 +234,8 @@ def test_ctrl_c_stops_every_run_and_leaves_the_workspace_untouched(local_sweep, 
     refs = project.run("git", "for-each-ref", "refs/exps").stdout
     temp = tmp_path / "runs"
     temp.mkdir()
-    proc = sweep(project, "-S", "mixup.alpha=0.7,0.8", tmpdir=temp, start_new_session=True)
+    proc = sweep(project, "-S", "mixup.alpha=0.7,0.8", tmpdir=temp, start_new_session=True,
+                 preexec_fn=default_sigint)
     deadline = time.time() + 300
     while not any("stages." in cmd and cwd.startswith(str(temp)) for cmd, cwd in processes().values()):
         assert proc.poll() is None and time.time() < deadline, "no stage started"
