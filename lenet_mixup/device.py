@@ -1,6 +1,8 @@
 """One device resolution for every stage, the benchmark and the tools."""
 import torch
 
+from lenet_mixup.cpu import cores, use_one_thread_per_op
+
 
 def resolve_device(name, announce=True):
     """`auto` is CUDA when there is a GPU, else the CPU; prints which, and sets how CUDA computes.
@@ -13,6 +15,8 @@ def resolve_device(name, announce=True):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
+    if device.type == "cpu":
+        use_one_thread_per_op()  # the results then depend on the configuration, never on the cores free
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
@@ -26,4 +30,5 @@ def resolve_device(name, announce=True):
 def describe(device):
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)}, TF32 off, deterministic cuDNN)"
-    return f"{device} (CPU, {torch.get_num_threads()} threads)"
+    workers = cores()
+    return f"{device} (CPU, {workers} worker{'s' * (workers > 1)} of one thread each)"

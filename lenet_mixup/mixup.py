@@ -25,9 +25,14 @@ def mixup_batch(x, lam):
     return lam * x + (1 - lam) * x.roll(1, dims=0)
 
 
-def mixup_loss(logits, y, lam):
-    """lambda * CE(logits, y) + (1 - lambda) * CE(logits, roll(y, 1)), batch mean."""
-    return lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y.roll(1, dims=0))
+def mixup_loss(logits, y, lam, partner=None):
+    """lambda * CE(logits, y) + (1 - lambda) * CE(logits, partner), batch mean.
+
+    `partner` holds the labels of the images mixed in, roll(y, 1); a piece of a batch cut after mixing
+    (lenet_mixup.steps.train_step) passes its own piece of them.
+    """
+    partner = y.roll(1, dims=0) if partner is None else partner
+    return lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, partner)
 
 
 def is_mixup_epoch(epoch, warmup):

@@ -69,7 +69,8 @@ def _device(v):
 SCHEMA = {
     "data": {"url": _text, "md5": _md5},
     "train": {"epochs": _int(1), "batch_size": _int(1), "lr": _positive_float, "seed": _int(0), "device": _device,
-              "precision": _precision, "steps_per_epoch": _optional_int, "validation_steps": _optional_int},
+              "precision": _precision, "steps_per_epoch": _optional_int, "validation_steps": _optional_int,
+              "shards": _int(1)},
     "mixup": {"alpha": _positive_float, "warmup": _int(0)},
     "evaluate": {"fgsm_eps_255": _epsilons, "ece_bins": _int(1)},
 }

@@ -6,24 +6,38 @@ by 8/255 of the image's own range, and attacked images are clipped back to [0, 1
 import torch
 import torch.nn.functional as F
 
-from lenet_mixup.evaluation import EVAL_BATCH, predict
+from lenet_mixup.evaluation import in_chunks
 
 
 def fgsm(model, x, y, epsilon):
     """Fast gradient sign attack (Goodfellow et al. 2015): x + epsilon * sign(grad_x CE), clipped to [0, 1]."""
+    return attack(x, gradient_sign(model, x, y), epsilon)
+
+
+def gradient_sign(model, x, y):
+    """sign(grad_x CE(model(x), y)): the direction FGSM moves every image, whatever the epsilon."""
     x = x.detach().clone().requires_grad_(True)
-    loss = F.cross_entropy(model(x), y)
-    (grad,) = torch.autograd.grad(loss, x)
-    return (x + epsilon * grad.sign()).clamp(0, 1).detach()
+    with torch.enable_grad():
+        loss = F.cross_entropy(model(x), y)
+        (grad,) = torch.autograd.grad(loss, x)
+    return grad.sign()
 
 
-def fgsm_accuracy(model, x, y, epsilon):
-    """Accuracy on FGSM-attacked copies of x, each attacked against its own gradient, in eval batches."""
-    correct = 0
-    for i in range(0, len(x), EVAL_BATCH):
-        attacked = fgsm(model, x[i:i + EVAL_BATCH], y[i:i + EVAL_BATCH], epsilon)
-        correct += (predict(model, attacked).argmax(1) == y[i:i + EVAL_BATCH]).sum().item()
-    return correct / len(x)
+def attack(x, sign, epsilon):
+    return (x + epsilon * sign).clamp(0, 1).detach()
+
+
+def fgsm_accuracies(model, x, y, epsilons):
+    """[accuracy on FGSM-attacked copies of x, for each epsilon], each image attacked against its own gradient.
+
+    The gradient does not depend on epsilon, so each chunk's is computed once for all the epsilons.
+    """
+    def correct(xs, ys):
+        sign = gradient_sign(model, xs, ys)
+        with torch.inference_mode():
+            return [(model(attack(xs, sign, e)).argmax(1) == ys).sum().item() for e in epsilons]
+    counts = in_chunks(correct, model, x, y)
+    return [sum(chunk[i] for chunk in counts) / len(x) for i in range(len(epsilons))]
 
 
 def reliability_bins(confidence, correct, bins):

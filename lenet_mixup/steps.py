@@ -8,13 +8,12 @@ precision "bf16" runs the forward pass and the loss under bf16 autocast; weights
 Adam stay float32.
 """
 import contextlib
-import ctypes
-import functools
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lenet_mixup.cpu import map_in_order, tune_cpu
 from lenet_mixup.mixup import mixup_batch, mixup_loss
 from lenet_mixup.model import lenet
 
@@ -41,21 +40,41 @@ def autocast(device, precision, graphed=False):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, cache_enabled=not graphed)
 
 
-def train_step(model, optimizer, x, y, lam=None, precision="fp32"):
-    """One optimizer step, mixing with `lam` (a 0-d tensor) when given; returns the loss, no host sync."""
-    with autocast(x.device, precision):
-        if lam is not None:
-            loss = mixup_loss(model(mixup_batch(x, lam)), y, lam)
-        else:
-            loss = F.cross_entropy(model(x), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+def train_step(model, optimizer, x, y, lam=None, precision="fp32", shards=1, workers=None):
+    """One optimizer step, mixing with `lam` (a 0-d tensor) when given; returns the loss, no host sync.
+
+    The batch is cut into `shards` fixed pieces (lenet_mixup.cpu): each piece's forward and backward
+    run on one thread, on whichever worker is free, and the gradients are summed in the pieces' order,
+    so the result depends on `shards` and not on the workers. Each piece's loss is its mean weighted by
+    its share of the batch, so the pieces add up to the batch's mean loss; one shard is the plain step.
+    """
+    partner = y.roll(1, dims=0)
+    if lam is not None:
+        x = mixup_batch(x, lam)  # mixing pairs images across the whole batch, so it comes before the cut
+    params = list(model.parameters())
+    pieces = zip(x.tensor_split(shards), y.tensor_split(shards), partner.tensor_split(shards), strict=True)
+
+    def piece_gradients(piece):
+        xs, ys, partners = piece
+        with autocast(x.device, precision):
+            logits = model(xs)
+            loss = mixup_loss(logits, ys, lam, partners) if lam is not None else F.cross_entropy(logits, ys)
+            loss = loss * (len(xs) / len(x))
+        return loss.detach(), torch.autograd.grad(loss, params)
+
+    results = map_in_order(piece_gradients, pieces, workers)
+    loss, grads = results[0][0], list(results[0][1])
+    for piece_loss, piece_grads in results[1:]:
+        loss = loss + piece_loss
+        torch._foreach_add_(grads, piece_grads)
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g
     optimizer.step()
-    return loss.detach()
+    return loss
 
 
 def train_epoch(model, optimizer, train_x, train_y, order, batch_size, steps, lams=None, precision="fp32",
-                progress=None):
+                progress=None, shards=1, workers=None):
     """`steps` steps over `order` in batches, with lams[step] as each batch's lambda when mixing.
 
     Returns the per-step losses, on the device; with `progress` (a label) a tqdm bar shows the
@@ -66,29 +85,8 @@ def train_epoch(model, optimizer, train_x, train_y, order, batch_size, steps, la
     for step in _progress(0, steps, progress, losses):
         idx = order[step * batch_size:(step + 1) * batch_size]
         lam = lams[step] if lams is not None else None
-        losses[step] = train_step(model, optimizer, train_x[idx], train_y[idx], lam, precision)
+        losses[step] = train_step(model, optimizer, train_x[idx], train_y[idx], lam, precision, shards, workers)
     return losses
-
-
-@functools.cache
-def tune_cpu():
-    """Two process-wide CPU settings that each made training measurably faster here, same results.
-
-    - glibc keeps freed blocks of up to 32 MiB for reuse instead of handing them back to the OS.
-      PyTorch's CPU allocator has no cache: each step allocates and frees activations of a few MiB,
-      which glibc by default maps and unmaps every time, so the kernel zero-fills fresh pages on every
-      step (1.3-1.7x per step, bench/train_speed.py). Without glibc this part does nothing.
-    - Denormal floats flush to zero. Mixup's gradients drift into the denormal range, where x86
-      arithmetic is many times slower: the mixup stage ran at 5,800 img/s without, 7,700 with, and
-      its per-epoch metrics agreed to the digits logged.
-    """
-    torch.set_flush_denormal(True)
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError, TypeError):
-        return
-    mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks below 32 MiB (glibc's maximum) come from the heap
-    mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: give the heap's top back only beyond 1 GiB free
 
 
 def _progress(start, steps, label, losses):

@@ -59,6 +59,9 @@ def train_variant(variant, train, mixup, device, resume_path=None):
         eval_x, eval_y = (t[:train["validation_steps"] * train["batch_size"]] for t in (eval_x, eval_y))
     batch_size, epochs, precision = train["batch_size"], train["epochs"], train["precision"]
     steps = steps_per_epoch(train, len(train_x))
+    if train["shards"] > batch_size:
+        raise UserError(f"train.shards = {train['shards']} is more than the {batch_size} images of a batch "
+                        "(train.batch_size); lower train.shards")
     torch.manual_seed(train["seed"])  # the weights, and mixup's lambdas (CPU or CUDA generator)
     shuffle = torch.Generator(device=device).manual_seed(train["seed"])
     model, optimizer = new_model_and_optimizer(device, train["lr"])
@@ -89,7 +92,7 @@ def train_variant(variant, train, mixup, device, resume_path=None):
             torch.cuda.synchronize()
         else:
             losses = train_epoch(model, optimizer, train_x, train_y, order, batch_size, steps, lams, precision,
-                                 progress)
+                                 progress, train["shards"])
         seconds = time.perf_counter() - start
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):

@@ -19,7 +19,7 @@ from lenet_mixup.evaluation import predict
 from lenet_mixup.metrics import write_rows
 from lenet_mixup.model import lenet
 from lenet_mixup.params import load_params
-from lenet_mixup.robustness import expected_calibration_error, fgsm_accuracy, reliability_bins
+from lenet_mixup.robustness import expected_calibration_error, fgsm_accuracies, reliability_bins
 from lenet_mixup.stage import UserError, atomic_output, run
 
 
@@ -39,7 +39,8 @@ def score(model, x, y, settings):
         "accuracy": (logits.argmax(1) == y).float().mean().item(),
         "nll": F.cross_entropy(logits, y).item(),
         "ece": expected_calibration_error(logits.softmax(1).cpu(), y.cpu(), settings["ece_bins"]),
-        "fgsm_acc": {f"{e}/255": fgsm_accuracy(model, x, y, e / 255) for e in settings["fgsm_eps_255"]},
+        "fgsm_acc": dict(zip([f"{e}/255" for e in settings["fgsm_eps_255"]],
+                             fgsm_accuracies(model, x, y, [e / 255 for e in settings["fgsm_eps_255"]]), strict=True)),
     }
 
 

@@ -1,8 +1,10 @@
 """Stage `mixup_examples`: a picture of what mixup feeds the network.
 
-Draws a few real training batches exactly as the mixup variant does (one lambda per batch from
+Draws a few real training batches mixed as the mixup variant mixes them (one lambda per batch from
 Beta(alpha, alpha), each image blended with its predecessor) and saves metrics/mixup_examples.png,
-each mixed image titled with its two labels and their weights.
+each mixed image titled with its two labels and their weights. A picture needs no torch (its import
+alone takes about 2 s), so the blend is lenet_mixup.mixup.mixup_batch's, in numpy
+(tests/test_model_mixup.py checks that the two agree).
 """
 import json
 
@@ -11,14 +13,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from lenet_mixup import paths  # noqa: E402
-from lenet_mixup.mixup import mixup_batch, sample_lambdas  # noqa: E402
 from lenet_mixup.params import load_params  # noqa: E402
 from lenet_mixup.stage import UserError, atomic_output, run  # noqa: E402
 
 ROWS, COLUMNS = 4, 6  # batches shown, images per batch
+
+
+def blend(x, lam):
+    """mixup_batch in numpy: every image blended with its predecessor in the batch (the first with the last)."""
+    return lam * x + (1 - lam) * np.roll(x, 1, axis=0)
 
 
 def main():
@@ -28,16 +33,14 @@ def main():
     images = np.load(paths.prepared_file("train_x"), mmap_mode="r")
     labels = np.load(paths.prepared_file("train_y"))
     classes = json.loads((paths.PREPARED / "classes.json").read_text())
-    torch.manual_seed(params["train"]["seed"])
-    lams = sample_lambdas(params["mixup"]["alpha"], ROWS)
+    rng = np.random.default_rng(params["train"]["seed"])
+    lams = rng.beta(params["mixup"]["alpha"], params["mixup"]["alpha"], ROWS)
     fig, axes = plt.subplots(ROWS, COLUMNS, figsize=(2.1 * COLUMNS, 2.4 * ROWS), constrained_layout=True)
-    for row in range(ROWS):
-        idx = torch.randperm(len(images))[:COLUMNS].sort().values.numpy()
-        x, y = torch.from_numpy(images[idx]), labels[idx]
-        lam = lams[row]
-        mixed = mixup_batch(x, lam)
+    for row, lam in enumerate(lams):
+        idx = np.sort(rng.choice(len(images), COLUMNS, replace=False))
+        mixed, y = blend(images[idx], lam), labels[idx]
         for col, ax in enumerate(axes[row]):
-            ax.imshow(mixed[col].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            ax.imshow(mixed[col].transpose(1, 2, 0).clip(0, 1), interpolation="nearest")
             ax.set_title(f"{lam:.2f} {classes[y[col]]}\n{1 - lam:.2f} {classes[y[col - 1]]}", fontsize=9)
             ax.axis("off")
     fig.suptitle(f"Mixup as trained (alpha = {params['mixup']['alpha']}): each image blended with its "

@@ -9,6 +9,7 @@ import sys
 import torch
 
 from lenet_mixup import paths
+from lenet_mixup.cpu import cores
 from lenet_mixup.device import resolve_device
 from lenet_mixup.metrics import summarize, write_summary, write_tsv
 from lenet_mixup.params import load_params
@@ -25,6 +26,8 @@ def main():
     device = resolve_device(train["device"])
     rows, best, final, path = train_variant(variant, train, mixup, device, resume_path=paths.resume_state(variant))
     summary = {**summarize(rows), "device": device.type, "precision": train["precision"], **path}
+    if device.type == "cpu":  # shards decide the bits; the workers, only the speed
+        summary.update(shards=train["shards"], workers=min(cores(), train["shards"]))
     if device.type == "cuda":
         summary["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     for which, checkpoint in (("best", best), ("final", final)):

@@ -13,15 +13,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from lenet_mixup.params import dump_yaml, read_yaml
+from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-# What a clone of the project holds that the pipeline needs (params.yaml comes from the last commit).
-PROJECT_FILES = ["dvc.yaml", "stages", "lenet_mixup", "tools", "requirements.txt", ".dvcignore", ".dvc/config",
-                 ".dvc/plots", ".gitignore", "data/.gitignore", "data/raw/.gitignore", "models/.gitignore",
+# What a clone of the project holds that the pipeline needs. Not params.yaml nor .dvc/config: the tests
+# write their own (project_params, DVC_CONFIG), so nothing a user did in this workspace reaches a test.
+PROJECT_FILES = ["dvc.yaml", "stages", "lenet_mixup", "tools", "requirements.txt", ".dvcignore", ".dvc/plots",
+                 ".gitignore", "data/.gitignore", "data/raw/.gitignore", "models/.gitignore",
                  "metrics/.gitignore", "metrics/baseline/.gitignore", "metrics/mixup/.gitignore"]
+# Every value the tests rely on, pinned: a workspace whose params.yaml holds an applied experiment, or
+# a commit of other values, runs the tests on these.
+TEST_PARAMS = {
+    "train": {"epochs": 2, "batch_size": 50, "lr": 0.001, "seed": 0, "device": "auto", "precision": "fp32",
+              "steps_per_epoch": None, "validation_steps": None, "shards": 2},
+    "mixup": {"alpha": 1.0, "warmup": 1},
+    "evaluate": {"fgsm_eps_255": [1, 2, 4, 8], "ece_bins": 15},
+}
+# The project's .dvc/config as shipped, without what a user adds to theirs (remotes, above all).
+DVC_CONFIG = "[core]\n    analytics = false\n[plots]\n    html_template = ../data/plots-offline.html\n"
 
 
 def synthetic_split(n, seed):
@@ -98,10 +108,14 @@ class Project:
         return self.run(sys.executable, "-m", "dvc", *args, check=check)
 
     def set_params(self, **sections):
-        params = read_yaml((self.path / "params.yaml").read_text())
+        """Change params.yaml as `dvc exp run -S` would: round trip, the comments kept."""
+        yaml = YAML()
+        params = yaml.load((self.path / "params.yaml").read_text())
         for section, values in sections.items():
             params.setdefault(section, {}).update(values)
-        (self.path / "params.yaml").write_text(dump_yaml(params))
+        out = io.StringIO()
+        yaml.dump(params, out)
+        (self.path / "params.yaml").write_text(out.getvalue())
 
     def commit(self, message="update"):
         self.run("git", "add", "-A")
@@ -111,10 +125,31 @@ class Project:
         return (self.path / relative).read_text()
 
 
-def committed_params(root=ROOT):
-    """params.yaml as last committed: what a fresh clone has, whatever `dvc exp run -S` left in the workspace."""
-    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=root, capture_output=True, text=True)
-    return shown.stdout if shown.returncode == 0 else (root / "params.yaml").read_text()
+def project_params(url="cifar-10-python.tar.gz", md5=None, root=ROOT, **sections):
+    """params.yaml for a test project: this checkout's file, its layout and comments kept, with every value
+    pinned (TEST_PARAMS, then `sections`) and data.url and data.md5 naming `url` and `md5`."""
+    yaml = YAML()  # round trip, as DVC writes params back after `dvc exp run -S`
+    params = yaml.load((root / "params.yaml").read_text())
+    pinned = {section: {**values, **sections.get(section, {})} for section, values in TEST_PARAMS.items()}
+    for section, values in {**pinned, "data": {"url": url, "md5": md5}}.items():
+        for key, value in values.items():
+            params[section][key] = value
+    out = io.StringIO()
+    yaml.dump(params, out)
+    return out.getvalue()
+
+
+def copy_project_files(target, names=PROJECT_FILES):
+    """This checkout's pipeline files into `target`, and the shipped .dvc/config."""
+    for name in names:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        else:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target / name)
+    (target / ".dvc").mkdir(exist_ok=True)
+    (target / ".dvc/config").write_text(DVC_CONFIG)
 
 
 def new_project(path, tiny_archive):
@@ -124,16 +159,9 @@ def new_project(path, tiny_archive):
     p.run("git", "config", "user.email", "test@example.com")
     p.run("git", "config", "user.name", "test")
     p.dvc("init", "-q")
-    for name in PROJECT_FILES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
-        else:
-            (path / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(source, path / name)
-    (path / "params.yaml").write_text(committed_params())
+    copy_project_files(path)
     archive, md5 = tiny_archive
-    p.set_params(data={"url": str(archive), "md5": md5}, train={"epochs": 2, "batch_size": 50})
+    (path / "params.yaml").write_text(project_params(str(archive), md5))
     p.commit("tiny project")
     return p
 

@@ -72,3 +72,22 @@ def test_lambda_of_one_is_the_plain_loss():
 def test_warmup_schedule_counts_epochs_from_zero():
     assert [is_mixup_epoch(e, warmup=1) for e in range(3)] == [False, True, True]
     assert [is_mixup_epoch(e, warmup=0) for e in range(2)] == [True, True]
+
+
+def test_the_pictures_numpy_blend_is_mixup_batch():
+    """stages/mixup_examples.py draws without torch; its blend must stay the one training uses."""
+    from stages.mixup_examples import blend
+    x = torch.rand(6, 3, 32, 32)
+    for lam in (0.0, 0.3, 1.0):
+        assert torch.equal(torch.from_numpy(blend(x.numpy(), lam)), mixup_batch(x, torch.tensor(lam)))
+
+
+def test_a_piece_of_a_batch_takes_its_own_piece_of_the_partner_labels():
+    """Cut after mixing (lenet_mixup.steps.train_step), the pieces' losses weighted by size add up to the batch's."""
+    torch.manual_seed(0)
+    logits, y, lam = torch.randn(50, 10, dtype=torch.float64), torch.randint(0, 10, (50,)), torch.tensor(0.3)
+    whole = mixup_loss(logits, y, lam)
+    partner = y.roll(1, dims=0)
+    pieces = sum(mixup_loss(lg, ys, lam, ps) * len(ys) / 50
+                 for lg, ys, ps in zip(logits.tensor_split(3), y.tensor_split(3), partner.tensor_split(3), strict=True))
+    torch.testing.assert_close(pieces, whole, rtol=1e-12, atol=0)

@@ -6,18 +6,19 @@ replaces the real one's), temporary folders replace /mnt/shared/dvc-cache and /p
 and `python3 -m venv` links the test run's own, already installed, environment instead of building one.
 """
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_FILES, ROOT, committed_params, dvc_env
+from tests.conftest import ROOT, copy_project_files, dvc_env, project_params
 from tests.test_pipeline import ALL_STAGES, ran
 
 FLOWS = ["offline first run", "everyday", "failed experiment", "share", "other machine"]
 REAL_MD5 = "6887622ef4a2fb302ab8f665434a650f"
+OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
 FLOW = re.compile(r"<!-- flow: (.+?) -->\n```bash\n(.*?)```", re.S)
 COMMENT = re.compile(r"\s+#\s.*$")
 
@@ -58,14 +59,9 @@ def fresh_clone(tmp_path, tiny_archive):
     """A clone of the project as committed (default params), beside a ../shared/cifar10 stand-in."""
     project = tmp_path / "project"
     project.mkdir()
-    for name in [*PROJECT_FILES, "README.md", "Makefile", "data/README.md"]:
-        source, target = ROOT / name, project / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
-        else:
-            shutil.copy(source, target)
-    (project / "params.yaml").write_text(committed_params())
+    copy_project_files(project)
+    copy_project_files(project, ["README.md", "Makefile", "data/README.md"])
+    (project / "params.yaml").write_text(project_params(OFFICIAL_URL, OFFICIAL_MD5))
     for args in (["init", "-q"], ["config", "user.email", "test@example.com"], ["config", "user.name", "test"],
                  ["add", "-A"], ["commit", "-qm", "the project"]):
         subprocess.run(["git", *args], cwd=project, check=True)

@@ -10,9 +10,9 @@ from lenet_mixup.data import load_split
 from lenet_mixup.evaluation import evaluate
 from lenet_mixup.model import lenet
 from lenet_mixup.stage import UserError
+from tests.conftest import TEST_PARAMS
 
-TRAIN = {"epochs": 2, "batch_size": 50, "lr": 0.001, "seed": 0, "device": "cpu", "precision": "fp32",
-         "steps_per_epoch": None, "validation_steps": None}
+TRAIN = {**TEST_PARAMS["train"], "device": "cpu"}
 MIXUP = {"alpha": 1.0, "warmup": 1}
 CPU = torch.device("cpu")
 TIMING = ("seconds", "examples_per_sec")

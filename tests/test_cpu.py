@@ -1,0 +1,102 @@
+"""The CPU path's results depend on the configuration (train.shards), never on the workers or the load.
+
+Each op runs on one thread, a batch is cut into `shards` pieces whose gradients are summed in order,
+and an evaluation into chunks combined in order (lenet_mixup.cpu), so one worker and two give the
+same bits, and one shard is the plain textbook step.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lenet_mixup import cpu, evaluation, robustness, steps
+from lenet_mixup.mixup import sample_lambdas
+
+BATCH, STEPS = 50, 6
+
+
+@pytest.fixture(autouse=True)
+def one_thread_per_op():
+    threads = torch.get_num_threads()
+    cpu.use_one_thread_per_op()
+    yield
+    torch.set_num_threads(threads)
+
+
+def data():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(STEPS * BATCH, 3, 32, 32, generator=generator).contiguous(memory_format=torch.channels_last)
+    return x, torch.randint(0, 10, (len(x),), generator=generator), torch.randperm(len(x), generator=generator)
+
+
+def epoch(shards, workers, alpha=None, precision="fp32"):
+    x, y, order = data()
+    torch.manual_seed(0)
+    model, optimizer = steps.new_model_and_optimizer("cpu", 1e-3)
+    lams = sample_lambdas(alpha, STEPS) if alpha else None
+    losses = steps.train_epoch(model, optimizer, x, y, order, BATCH, STEPS, lams, precision, shards=shards,
+                               workers=workers)
+    return losses, model.state_dict()
+
+
+def identical(a, b):
+    return torch.equal(a[0], b[0]) and all(torch.equal(p, q) for p, q in zip(a[1].values(), b[1].values(), strict=True))
+
+
+@pytest.mark.parametrize("alpha, precision", [(None, "fp32"), (1.0, "fp32"), (1.0, "bf16")],
+                         ids=["plain", "mixup", "mixup-bf16"])
+def test_the_bits_depend_on_the_shards_not_on_the_workers(alpha, precision):
+    two = epoch(2, 1, alpha, precision)
+    assert identical(epoch(2, 2, alpha, precision), two)
+    assert identical(epoch(5, 3, alpha, precision), epoch(5, 1, alpha, precision))
+    assert not identical(epoch(1, 1, alpha, precision), two), "shards must change the arithmetic, or mean nothing"
+
+
+def test_one_shard_is_the_plain_step_to_the_last_bit():
+    x, y, order = data()
+    torch.manual_seed(0)
+    model, optimizer = steps.new_model_and_optimizer("cpu", 1e-3)
+    plain = []
+    for step in range(STEPS):
+        idx = order[step * BATCH:(step + 1) * BATCH]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        plain.append(loss.detach())
+    assert identical(epoch(1, 2), (torch.stack(plain), model.state_dict()))
+
+
+def test_shards_are_the_batch_gradient_up_to_rounding():
+    """Pieces weighted by their size: the summed gradients are the whole batch's, in float64 exactly so."""
+    x, y, _ = data()
+    x, y = x[:BATCH].double(), y[:BATCH]
+    results = []
+    for shards in (1, 3):
+        torch.manual_seed(0)
+        model, optimizer = steps.new_model_and_optimizer("cpu", 1e-3)
+        model.double()
+        steps.train_step(model, optimizer, x, y, torch.tensor(0.3, dtype=torch.float64), shards=shards)
+        results.append([p.grad for p in model.parameters()])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_evaluation_and_fgsm_are_the_same_on_any_number_of_workers(workers, monkeypatch):
+    """Chunks over workers, combined in order: the same as one chunk after another; and FGSM's gradient,
+    computed once for every epsilon, gives what an attack per epsilon gives."""
+    x, y, _ = data()
+    x, y = x[:2 * evaluation.EVAL_BATCH // 10 * 10], y[:2 * evaluation.EVAL_BATCH // 10 * 10]
+    torch.manual_seed(0)
+    model, _ = steps.new_model_and_optimizer("cpu", 1e-3)
+    monkeypatch.setattr(evaluation, "EVAL_BATCH", 70)  # several chunks, the last one short
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    one = evaluation.evaluate(model, x, y), evaluation.predict(model, x)
+    epsilons = [0.0, 1 / 255, 8 / 255]
+    attacked = [sum((model(robustness.fgsm(model, x[i:i + 70], y[i:i + 70], e)).argmax(1) == y[i:i + 70]).sum().item()
+                    for i in range(0, len(x), 70)) / len(x) for e in epsilons]
+    monkeypatch.setenv("OMP_NUM_THREADS", workers)
+    assert evaluation.evaluate(model, x, y) == one[0]
+    assert torch.equal(evaluation.predict(model, x), one[1])
+    assert robustness.fgsm_accuracies(model, x, y, epsilons) == attacked
+    assert model.training, "evaluation puts the model back in training mode"
