@@ -7,6 +7,7 @@ The mixup variant mixes from epoch `mixup.warmup` on. `train.steps_per_epoch` an
 epoch and the eval batches (of `train.batch_size` images) per evaluation; null means all.
 """
 import hashlib
+import io
 import json
 import sys
 import time
@@ -117,13 +118,22 @@ def train_variant(variant, train, mixup, device, resume_path=None):
                      **rng_states(shuffle, device))
         if resume_path is not None:
             with atomic_output(resume_path) as tmp:
-                torch.save(state, tmp)
+                save(state, tmp)
     final = {"model": model.state_dict(), "epoch": epochs, "eval_loss": state["rows"][-1]["eval_loss"],
              "eval_acc": state["rows"][-1]["eval_acc"]}
     path = {"train_path": graphed.path if graphed is not None else "cpu"}
     if graphed is not None and graphed.capture_error:
         path["capture_error"] = graphed.capture_error
     return state["rows"], state["best"], final, path
+
+
+def save(obj, path):
+    """torch.save through memory, then one plain write. Straight to a full disk, torch.save fails deep in
+    its zip writer (`unexpected pos 5248 vs 5136`); a plain write fails with the OS's own error, which
+    atomic_output turns into one line naming the file, the cause and the remedy."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    Path(path).write_bytes(buffer.getbuffer())
 
 
 def describe_path(graphed):

@@ -14,7 +14,7 @@ from lenet_mixup.device import resolve_device
 from lenet_mixup.metrics import summarize, write_summary, write_tsv
 from lenet_mixup.params import load_params
 from lenet_mixup.stage import UserError, atomic_output, run
-from lenet_mixup.training import train_variant
+from lenet_mixup.training import save, train_variant
 
 
 def main():
@@ -32,7 +32,7 @@ def main():
         summary["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     for which, checkpoint in (("best", best), ("final", final)):
         with atomic_output(paths.checkpoint(variant, which)) as tmp:
-            torch.save({**checkpoint, "model": {k: v.cpu() for k, v in checkpoint["model"].items()}}, tmp)
+            save({**checkpoint, "model": {k: v.cpu() for k, v in checkpoint["model"].items()}}, tmp)
     with atomic_output(paths.epochs_tsv(variant)) as tmp:
         write_tsv(rows, tmp)
     with atomic_output(paths.summary_json(variant)) as tmp:

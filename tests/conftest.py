@@ -1,22 +1,19 @@
 """Shared fixtures: tiny CIFAR-10 archives in the official layout, and the project in a temp git repo."""
 import gzip
-import hashlib
 import io
 import os
-import pickle
 import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from ruamel.yaml import YAML
 
+from lenet_mixup.synthetic import CLASSES, synthetic_split, write_archive  # noqa: F401 - the tests' archives
+
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # What a clone of the project holds that the pipeline needs. Not params.yaml nor .dvc/config: the tests
 # write their own (project_params, DVC_CONFIG), so nothing a user did in this workspace reaches a test.
 PROJECT_FILES = ["dvc.yaml", "stages", "lenet_mixup", "tools", "requirements.txt", ".dvcignore", ".dvc/plots",
@@ -32,36 +29,6 @@ TEST_PARAMS = {
 }
 # The project's .dvc/config as shipped, without what a user adds to theirs (remotes, above all).
 DVC_CONFIG = "[core]\n    analytics = false\n[plots]\n    html_template = ../data/plots-offline.html\n"
-
-
-def synthetic_split(n, seed):
-    """n images (N x 3072 uint8, official row layout) whose class shows in their colour, and labels."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 10
-    rng.shuffle(labels)
-    images = rng.integers(0, 256, size=(n, 3, 32, 32)).astype(np.float32) * 0.5
-    images[np.arange(n), labels % 3] += 12.0 * labels[:, None, None]  # a learnable signal
-    return np.clip(images, 0, 255).astype(np.uint8).reshape(n, 3072), labels.tolist()
-
-
-def write_archive(path, train=None, eval=None, *, skip=(), meta=None, overrides=None):
-    """Write a .tar.gz in CIFAR-10's python layout; `skip` drops members, `overrides` replaces batches."""
-    train = train or synthetic_split(250, 0)
-    eval = eval or synthetic_split(100, 1)
-    batches = {"batches.meta": meta or {"label_names": CLASSES, "num_cases_per_batch": len(train[1]) // 5}}
-    for i, chunk in enumerate(np.array_split(np.arange(len(train[1])), 5)):
-        batches[f"data_batch_{i + 1}"] = {b"data": train[0][chunk], b"labels": [train[1][j] for j in chunk]}
-    batches["test_batch"] = {b"data": eval[0], b"labels": list(eval[1])}
-    batches.update(overrides or {})
-    with tarfile.open(path, "w:gz") as tar:
-        for name, obj in batches.items():
-            if name in skip:
-                continue
-            data = pickle.dumps(obj, protocol=2)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="session")
