@@ -1,9 +1,9 @@
 """Training beside other work, and the seconds spent around training: what a user's machine sees.
 
-    python -m bench.contention [--steps 300] [--rounds 3] [--variant baseline|mixup] [--no-repro]
+    python -m bench.contention [--steps 300] [--rounds 3] [--variant baseline|mixup] [--shards N] [--no-repro]
 
 Part 1, throughput. The training stages' loop (lenet_mixup.steps.train_epoch, batch 50, on data/prepared
-when it is here, else on synthetic images) runs in processes of its own, under three conditions:
+when the current folder has it, else on synthetic images) runs in processes of its own, under three conditions:
   alone         nothing else running
   busy core     beside a process that keeps one core busy: any other program on a laptop or a CI runner
   two at once   two trainings at the same time, as `dvc queue start -j 2` runs them (their sum)
@@ -12,7 +12,8 @@ with these settings:
                 as many workers as there are cores (lenet_mixup.cpu)
   threads N     PyTorch's usual way: each op spread over N threads, the batch whole (N = 1 .. cores);
                 `threads <cores>` is torch's default, which the stages used before (issue 17)
-Every (condition, setting) is measured --rounds times, taken in turn, and its median kept. The goals:
+Each setting's two worker processes start once and keep training between measurements; every
+(condition, setting) is measured --rounds times, taken in turn, and its median kept. The goals:
 default >= 0.9x the best fixed thread count beside a busy core and two at once, >= 1.1x torch's
 default alone.
 
@@ -36,19 +37,18 @@ BATCH, WARMUP = 50, 20
 CONDITIONS = ("alone", "busy core", "two at once")
 
 
-def worker(setting, steps, variant):
-    """One training process: set up, warm up, say ready, wait for `go`, time `steps` steps, print img/s."""
+def worker(setting, steps, variant, shards):
+    """One training process: set up and warm up, say ready; then, for every `go` line, time `steps` more steps
+    and print img/s, until stdin closes."""
     import numpy as np
     import torch
 
     from lenet_mixup import cpu, paths
     from lenet_mixup.mixup import sample_lambdas
-    from lenet_mixup.params import load_params
     from lenet_mixup.steps import new_model_and_optimizer, train_epoch
 
     if setting == "default":
         cpu.use_one_thread_per_op()
-        shards = load_params("train", path=ROOT / paths.PARAMS)["train"]["shards"]
     else:
         torch.set_num_threads(int(setting.split()[1]))
         cpu.tune_cpu()
@@ -62,57 +62,69 @@ def worker(setting, steps, variant):
     x = x.contiguous(memory_format=torch.channels_last)
     torch.manual_seed(0)
     model, optimizer = new_model_and_optimizer("cpu", 1e-3)
-    lams = sample_lambdas(1.0, steps + WARMUP) if variant == "mixup" else None
 
-    def run(order, count, lam):
-        train_epoch(model, optimizer, x, y, order, BATCH, count, lam, shards=shards).sum().item()
-    run(torch.arange(WARMUP * BATCH), WARMUP, lams[:WARMUP] if lams is not None else None)
+    def run(count):
+        lams = sample_lambdas(1.0, count) if variant == "mixup" else None
+        order = torch.randperm(len(x))
+        train_epoch(model, optimizer, x, y, order, BATCH, count, lams, shards=shards).sum().item()
+    run(WARMUP)
     print("ready", flush=True)
-    sys.stdin.readline()
-    start = time.perf_counter()
-    run(torch.arange(WARMUP * BATCH, n), steps, lams[WARMUP:] if lams is not None else None)
-    print(f"{steps * BATCH / (time.perf_counter() - start):.1f}", flush=True)
+    for _ in sys.stdin:
+        start = time.perf_counter()
+        run(steps)
+        print(f"{steps * BATCH / (time.perf_counter() - start):.1f}", flush=True)
 
 
-def measure(condition, setting, steps, variant):
-    """img/s of one setting under one condition (two at once: the sum of both)."""
-    count = 2 if condition == "two at once" else 1
+def start_workers(setting, steps, variant, shards):
+    """Two worker processes of one setting (the second for `two at once`), ready."""
     command = [sys.executable, "-m", "bench.contention", "--worker", setting, "--steps", str(steps),
-               "--variant", variant]
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    procs = [subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for _ in range(count)]
+               "--variant", variant, "--shards", str(shards)]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}  # no settings
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    procs = [subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
     for p in procs:
-        assert p.stdout.readline().strip() == "ready", f"a {setting} worker did not start"
+        if p.stdout.readline().strip() != "ready":
+            raise SystemExit(f"a `{setting}` worker did not start")
+    return procs
+
+
+def measure(condition, procs):
+    """img/s under one condition: one worker alone or beside a busy core, or both at once (their sum)."""
+    running = procs if condition == "two at once" else procs[:1]
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if condition == "busy core" else None
     try:
-        for p in procs:
+        if busy:
+            time.sleep(0.5)  # the busy process is running before the timing starts
+        for p in running:
             p.stdin.write("go\n")
             p.stdin.flush()
-        rates = [float(p.stdout.readline()) for p in procs]
-        for p in procs:
-            p.wait()
+        return sum(float(p.stdout.readline()) for p in running)
     finally:
         if busy:
             busy.kill()
             busy.wait()
-    return sum(rates)
 
 
-def contention(steps, rounds, variant):
-    from lenet_mixup import cpu, paths
-    from lenet_mixup.params import load_params
+def contention(steps, rounds, variant, shards):
+    from lenet_mixup import cpu
     cores = cpu.cores()
-    shards = load_params("train", path=ROOT / paths.PARAMS)["train"]["shards"]
     settings = ["default", *(f"threads {n}" for n in range(1, cores + 1))]
+    workers = {s: start_workers(s, steps, variant, shards) for s in settings}
     rates = {(c, s): [] for c in CONDITIONS for s in settings}
-    for _ in range(rounds):
-        for condition in CONDITIONS:
-            for setting in settings:
-                rates[condition, setting].append(measure(condition, setting, steps, variant))
+    try:
+        for _ in range(rounds):
+            for condition in CONDITIONS:
+                for setting in settings:
+                    rates[condition, setting].append(measure(condition, workers[setting]))
+    finally:
+        for procs in workers.values():
+            for p in procs:
+                p.stdin.close()
+                p.wait()
     median = {key: statistics.median(r) for key, r in rates.items()}
     torch_default = f"threads {cores}"
-    print(f"{variant}, batch {BATCH}, {steps} timed steps per measurement, median of {rounds} rounds; "
+    print(f"{variant}, batch {BATCH}, {steps} timed steps per measurement, median of {rounds} rounds taken in turn; "
           f"default: {shards} shards on up to {cores} workers of one thread; img/s (two at once: the sum)\n")
     print(f"{'condition':13}" + "".join(f"{s:>12}" for s in settings) + f"{'best fixed':>14}{'default/best':>14}"
           f"{'default/torch default':>23}")
@@ -179,19 +191,23 @@ def main():
     parser.add_argument("--steps", type=int, default=300, help="timed steps per measurement (default 300)")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per condition and setting (default 3)")
     parser.add_argument("--variant", choices=("baseline", "mixup"), default="baseline")
+    parser.add_argument("--shards", type=int, help="the default setting's shards (default: params.yaml's train.shards)")
     parser.add_argument("--no-repro", action="store_true", help="skip part 2, the forced dvc repro")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, args.steps, args.variant)
-    if args.steps < 1 or args.rounds < 1:
-        parser.error("--steps and --rounds must be at least 1")
+        return worker(args.worker, args.steps, args.variant, args.shards)
+    if args.steps < 1 or args.rounds < 1 or (args.shards is not None and args.shards < 1):
+        parser.error("--steps, --rounds and --shards must be at least 1")
+    if args.shards is None:
+        from lenet_mixup.params import load_params
+        args.shards = load_params("train", path=ROOT / "params.yaml")["train"]["shards"]
     load = os.getloadavg()[0]
     print(f"load average {load:.1f} on {os.cpu_count()} CPUs at the start"
           + (": other programs are running, figures are contended" if load > 0.5 else ""))
-    data = "data/prepared (real CIFAR-10)" if (ROOT / "data/prepared/train_x.npy").exists() else "synthetic images"
+    data = "data/prepared (real CIFAR-10)" if Path("data/prepared/train_x.npy").exists() else "synthetic images"
     print(f"data: {data}\n", flush=True)
-    contention(args.steps, args.rounds, args.variant)
+    contention(args.steps, args.rounds, args.variant, args.shards)
     if not args.no_repro:
         forced_repro()
 

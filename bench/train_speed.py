@@ -5,13 +5,17 @@
 
 Same data, same model (lenet_mixup.model.lenet), Adam (lr 1e-3, eps 1e-7), batch 50, plain and mixup (alpha 1):
   project     lenet_mixup.steps as the training stages run it: the set resident as one channels_last tensor,
-              batches gathered by a shuffled index, fused Adam, losses left on the device (a CUDA graph on CUDA)
+              batches gathered by a shuffled index, fused Adam, losses left on the device; on the CPU one thread
+              per op and each batch in train.shards pieces on the cores (lenet_mixup.cpu); a CUDA graph on CUDA
   project-bf16  the same with train.precision bf16: bf16 autocast for the forward pass and the loss
   dataloader  a torchvision-style Dataset of uint8 NCHW images with Minmax per item, DataLoader(shuffle=True,
               batch_size=50, num_workers=0), NCHW model, Adam's default implementation, loss.item() every step
   bare        the same step as `dataloader` on NCHW batches already in memory, no indexing: that step's ceiling
-  bare-fast   `bare` with the project's layout, optimizer and allocator setting: the project's loop without its
-              shuffled gather, the ceiling for the project's step (project/bare-fast is what shuffling costs)
+  bare-fast   `bare` with the project's layout, optimizer, allocator and thread settings and shards: the project's
+              loop without its shuffled gather, the ceiling for the project's step (project/bare-fast is what
+              shuffling costs)
+The loops dataloader and bare run on torch's threads (its default, or --threads); the project's loops as
+the stages run them.
 Each loop lives in its own process (its peak memory is its own, data setup included) and the loops take
 turns in windows of WINDOW steps, so load from other programs falls on all of them alike.
 """
@@ -20,6 +24,7 @@ import multiprocessing as mp
 import os
 import resource
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,12 +32,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from lenet_mixup import paths, steps
 from lenet_mixup.cifar import minmax, read_archive
+from lenet_mixup.cpu import cores
 from lenet_mixup.data import load_split
 from lenet_mixup.device import resolve_device
 from lenet_mixup.mixup import sample_lambdas
 from lenet_mixup.model import lenet
+from lenet_mixup.params import load_params
 
 BATCH, LR, EPS, ALPHA = 50, 1e-3, 1e-7, 1.0
+SHARDS = load_params("train", path=Path(__file__).parents[1] / paths.PARAMS)["train"]["shards"]  # the stages' own
+PROJECT_SETTINGS = ("project", "project-bf16", "bare-fast")  # the loops that run as the stages do
 FORWARD_MFLOP, TRAIN_MFLOP = 9.10, 25.7  # per image: forward; forward + backward
 EPOCHS, EPOCH_STEPS = 35, 1000  # a full stage: 35 epochs of 1000 steps of 50 images
 LOOPS, VARIANTS, WINDOW = ("project", "project-bf16", "dataloader", "bare", "bare-fast"), ("baseline", "mixup"), 20
@@ -103,7 +112,8 @@ def project(device, synthetic, precision="fp32"):
             losses = graphed[variant, n].epoch(torch.randperm(n * BATCH, device=device), lams(variant, n, device))
         else:
             order = torch.randperm(len(x), device=device)
-            losses = steps.train_epoch(*nets[variant], x, y, order, BATCH, n, lams(variant, n, device), precision)
+            losses = steps.train_epoch(*nets[variant], x, y, order, BATCH, n, lams(variant, n, device), precision,
+                                       shards=SHARDS)
         losses.mean().item()  # the stage reads the losses once, at the end of the epoch
     return run
 
@@ -135,7 +145,7 @@ def bare(device, synthetic, fast=False):
     def run(variant, n):
         nonlocal at
         for lam in lams(variant, n, device) if variant == "mixup" else [None] * n:
-            steps.train_step(*nets[variant], *batches[at], lam)
+            steps.train_step(*nets[variant], *batches[at], lam, shards=SHARDS if fast else 1)
             at = (at + 1) % len(batches)
     return run
 
@@ -147,9 +157,10 @@ LOOP_SETUP = {"project": project, "project-bf16": lambda device, synthetic: proj
 
 def serve(kind, device, threads, synthetic, conn):
     """A loop's process: set up, then time `n` steps of a variant on each request; last, report memory."""
-    if threads:
-        torch.set_num_threads(threads)
-    device = resolve_device(device, announce=False)  # on CUDA: TF32 off, as the stages compute
+    torch_default = torch.get_num_threads()
+    device = resolve_device(device, announce=False)  # as the stages: CUDA with TF32 off, CPU one thread per op
+    if kind not in PROJECT_SETTINGS:
+        torch.set_num_threads(threads or torch_default)
     run = LOOP_SETUP[kind](device, synthetic)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     while (job := conn.recv()) is not None:
@@ -169,32 +180,38 @@ def main():
     parser.add_argument("--steps", type=int, default=200, help="timed steps per loop and variant (default 200)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps first (default 20)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in every loop (default: torch's)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in the loops dataloader and bare "
+                                                                   "(default: torch's)")
     parser.add_argument("--loops", default=",".join(LOOPS), help=f"which loops, comma-separated (default: all of "
                         f"{', '.join(LOOPS)})")
     parser.add_argument("--images", type=int, default=50_000, help="synthetic images when there is no data/prepared "
                         "here (default 50000, CIFAR-10's training set)")
     args = parser.parse_args()
-    windows = -(-args.steps // WINDOW)
+    window = min(WINDOW, args.steps)  # fewer steps than a window: one window of exactly that many
+    windows = args.steps // window if args.steps > 0 else 0
     loops = tuple(args.loops.split(","))
-    if args.warmup < 0 or not 0 < windows * WINDOW <= EPOCH_STEPS:
+    if args.warmup < 0 or not 0 < args.steps <= EPOCH_STEPS:
         parser.error(f"--steps must lie in 1..{EPOCH_STEPS} and --warmup must be >= 0")
+    if windows * window != args.steps:
+        parser.error(f"--steps must be below {WINDOW} or a multiple of {WINDOW} (the steps are timed in windows)")
     if not set(loops) <= set(LOOPS) or "project" not in loops:
         parser.error(f"--loops must include project and name only {', '.join(LOOPS)}")
-    needed = max(windows * WINDOW, args.warmup) * BATCH  # every step of a request on distinct images
+    needed = max(args.steps, args.warmup) * BATCH  # every step of a request on distinct images
     if real() and len(np.load(paths.prepared_file("train_y"))) < needed:
-        parser.error(f"data/prepared holds fewer than the {needed} images {windows * WINDOW} steps need: lower --steps")
+        parser.error(f"data/prepared holds fewer than the {needed} images {args.steps} steps need: lower --steps")
     if not real() and args.images < needed:
         parser.error(f"--images must hold at least {needed} images ({BATCH} per timed step)")
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device, threads = ("cuda", 0) if cuda else ("cpu", args.threads or torch.get_num_threads())
-    label = torch.cuda.get_device_name() if cuda else f"CPU, torch on {threads} thread{'s' * (threads > 1)}"
+    label = torch.cuda.get_device_name() if cuda else (
+        f"CPU; project loops: one thread per op, {SHARDS} shards on {min(cores(), SHARDS)} workers; dataloader and "
+        f"bare: torch on {threads} thread{'s' * (threads > 1)}")
     load, cpus = os.getloadavg()[0], os.cpu_count()
     print(f"device: {device} ({label}); load average {load:.1f} on {cpus} CPUs"
           + (": other programs are running, figures are contended" if load > 0.5 else ""))
     print("data: " + ("data/prepared (real CIFAR-10)" if real() else f"synthetic random images of CIFAR-10's "
                       f"shape ({args.images} x 3 x 32 x 32): there is no data/prepared here"))
-    print(f"{windows * WINDOW} timed steps per loop and variant, in {windows} windows of {WINDOW} taken in turn, "
+    print(f"{args.steps} timed steps per loop and variant, in {windows} windows of {window} taken in turn, "
           f"after {args.warmup} untimed; batch {BATCH}; model {FORWARD_MFLOP} MFLOP forward, "
           f"{TRAIN_MFLOP} MFLOP forward+backward per image\n", flush=True)
     context, pipes, processes = mp.get_context("spawn"), {}, []
@@ -215,13 +232,13 @@ def main():
                 ask(kind, (variant, args.warmup))
         for _ in range(windows):
             for kind in loops:
-                seconds[variant, kind].append(ask(kind, (variant, WINDOW)))
+                seconds[variant, kind].append(ask(kind, (variant, window)))
     peaks = {kind: ask(kind, None) for kind in loops}
     for process in processes:
         process.join()
 
     # The median window: a burst of load from another program spoils one window, not the figure.
-    rates = {key: sorted(WINDOW * BATCH / t for t in s) for key, s in seconds.items()}
+    rates = {key: sorted(window * BATCH / t for t in s) for key, s in seconds.items()}
     rate = {key: float(np.median(r)) for key, r in rates.items()}
     print(f"{'variant':9}{'loop':14}{'img/s':>8}{'(windows min-max)':>20}{'ms/step':>9}{'MFLOP/s':>10}")
     for (variant, kind), r in rates.items():

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,33 @@ TEST_PARAMS = {
 }
 # The project's .dvc/config as shipped, without what a user adds to theirs (remotes, above all).
 DVC_CONFIG = "[core]\n    analytics = false\n[plots]\n    html_template = ../data/plots-offline.html\n"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_environment(tmp_path_factory):
+    """Nothing of this machine's or this user's setup reaches a test, and nothing is left behind outside
+    pytest's own temp folder: DVC's and git's global and system config, DVC's site cache (else
+    /var/tmp/dvc), DVC's analytics reports (else one temp file per command in /tmp), Ray's session
+    folders (else /tmp/ray), a Ray cluster named by RAY_ADDRESS, the user's thread settings."""
+    home = tmp_path_factory.mktemp("environment")
+    gitconfig = home / "gitconfig"
+    gitconfig.write_text("[user]\n    name = test\n    email = test@example.com\n[init]\n    defaultBranch = main\n")
+    ray = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    settings = {"DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": str(home / "dvc-site"),
+                "DVC_GLOBAL_CONFIG_DIR": str(home / "dvc-global"), "DVC_SYSTEM_CONFIG_DIR": str(home / "dvc-system"),
+                "GIT_CONFIG_GLOBAL": str(gitconfig), "GIT_CONFIG_NOSYSTEM": "1", "RAY_TMPDIR": ray}
+    dropped = ("RAY_ADDRESS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "DVC_ROOT", "DVC_EXP_GIT_REMOTE")
+    saved = {k: os.environ.get(k) for k in [*settings, *dropped]}
+    os.environ.update(settings)
+    for key in dropped:
+        os.environ.pop(key, None)
+    yield
+    shutil.rmtree(ray, ignore_errors=True)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
@@ -142,7 +170,7 @@ def project(tmp_path, tiny_archive):
 @pytest.fixture(scope="session")
 def finished_template(tmp_path_factory, tiny_archive):
     p = new_project(tmp_path_factory.mktemp("finished") / "project", tiny_archive)
-    p.dvc("repro")
+    p.first_run = p.dvc("repro").stdout
     p.commit("first run")
     return p
 
@@ -151,7 +179,9 @@ def finished_template(tmp_path_factory, tiny_archive):
 def finished_project(tmp_path, finished_template):
     """A copy of a project whose whole pipeline has run and been committed (one run per session)."""
     shutil.copytree(finished_template.path, tmp_path / "project", symlinks=True)
-    return Project(tmp_path / "project")
+    project = Project(tmp_path / "project")
+    project.first_run = finished_template.first_run  # what its `dvc repro` printed
+    return project
 
 
 @pytest.fixture

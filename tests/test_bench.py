@@ -1,19 +1,23 @@
 """The benchmark the README shows runs: a few steps of every loop on synthetic data (a smoke test;
 its figures mean nothing at this size)."""
+import re
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from tests.conftest import ROOT, dvc_env
 
 
 def test_benchmark_runs_every_loop_and_prints_its_figures(tmp_path):
     env = {**dvc_env(), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "bench.train_speed", "--steps", "20", "--warmup", "1",
-                             "--images", "1000", "--threads", "1"],
+    result = subprocess.run([sys.executable, "-m", "bench.train_speed", "--steps", "10", "--warmup", "1",
+                             "--images", "500", "--threads", "1"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    assert "synthetic random images of CIFAR-10's shape (1000 x 3 x 32 x 32)" in out
+    assert "synthetic random images of CIFAR-10's shape (500 x 3 x 32 x 32)" in out
+    assert "10 timed steps per loop and variant, in 1 windows of 10" in out  # --steps 10 times 10 steps
     for variant in ("baseline", "mixup"):
         for loop in ("project", "project-bf16", "dataloader", "bare", "bare-fast"):
             assert f"{variant:9}{loop:14}" in out, f"no figure for {variant} {loop}"
@@ -25,3 +29,22 @@ def test_benchmark_refuses_too_few_synthetic_images(tmp_path):
     result = subprocess.run([sys.executable, "-m", "bench.train_speed", "--steps", "20", "--images", "100"],
                             cwd=tmp_path, env={**dvc_env(), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     assert result.returncode == 2 and "--images must hold at least 1000 images" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "bench.train_speed", "--steps", "30"],
+                            cwd=tmp_path, env={**dvc_env(), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    assert result.returncode == 2 and "--steps must be below 20 or a multiple of 20" in result.stderr
+
+
+def test_contention_benchmark_prints_its_table_and_the_forced_repro(tmp_path):
+    """`python -m bench.contention`, tiny: every condition and setting, and the forced repro of a tiny project."""
+    result = subprocess.run([sys.executable, "-m", "bench.contention", "--steps", "3", "--rounds", "1"], cwd=tmp_path,
+                            env={**dvc_env(), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "data: synthetic images" in out
+    for condition in ("alone", "busy core", "two at once"):
+        assert re.search(rf"^{condition} +\d+ +\d+ .*threads \d +\d\.\d\dx +\d+\.\d\dx$", out, re.M), out
+    for stage in ("download", "prepare", "train_baseline", "train_mixup", "evaluate_baseline", "evaluate_mixup",
+                  "mixup_examples", "compare", "plots_page"):
+        assert re.search(rf"^  {stage} +\d+\.\d s$", out, re.M), out
+    assert re.search(r"total +\d+\.\d s = \d+\.\d x `import torch`", out), out
+    assert not list(Path(tempfile.gettempdir()).glob("bench-repro-*")), "the tiny project is removed"

@@ -6,17 +6,19 @@ replaces the real one's), temporary folders replace /mnt/shared/dvc-cache and /p
 and `python3 -m venv` links the test run's own, already installed, environment instead of building one.
 """
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, copy_project_files, dvc_env, project_params
+from tests.conftest import ROOT, copy_project_files, dvc_env, project_params, synthetic_split, write_archive
 from tests.test_pipeline import ALL_STAGES, ran
 
-FLOWS = ["offline first run", "everyday", "failed experiment", "share", "other machine"]
+FLOWS = ["try-out", "offline first run", "everyday", "failed experiment", "share", "other machine"]
 REAL_MD5 = "6887622ef4a2fb302ab8f665434a650f"
+SMALL_MD5 = "2421d9319ffa033b5c4a0d329ffd130a"
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
 FLOW = re.compile(r"<!-- flow: (.+?) -->\n```bash\n(.*?)```", re.S)
@@ -39,7 +41,9 @@ class Session:
         self.cwd, self.env, self.substitutions = cwd, env, substitutions
 
     def run(self, flow):
-        lines = [COMMENT.sub("", line) for line in readme_flows()[flow].splitlines() if line.strip()]
+        return self.run_lines([COMMENT.sub("", line) for line in readme_flows()[flow].splitlines() if line.strip()])
+
+    def run_lines(self, lines):
         for old, new in self.substitutions.items():
             lines = [line.replace(old, new) for line in lines]
         script = f"exec 2>&1\ncd {self.cwd}\n" + "".join(f"echo '::start {i}::'\n{line}\necho \"::rc {i} $?::\"\n"
@@ -54,23 +58,39 @@ class Session:
         return steps
 
 
-@pytest.fixture
-def fresh_clone(tmp_path, tiny_archive):
-    """A clone of the project as committed (default params), beside a ../shared/cifar10 stand-in."""
-    project = tmp_path / "project"
-    project.mkdir()
-    copy_project_files(project)
-    copy_project_files(project, ["README.md", "Makefile", "data/README.md"])
-    (project / "params.yaml").write_text(project_params(OFFICIAL_URL, OFFICIAL_MD5))
-    for args in (["init", "-q"], ["config", "user.email", "test@example.com"], ["config", "user.name", "test"],
-                 ["add", "-A"], ["commit", "-qm", "the project"]):
-        subprocess.run(["git", *args], cwd=project, check=True)
+@pytest.fixture(scope="session")
+def small_archive(tmp_path_factory):
+    """The stand-in for `make_archive.py --limit 100`: another tiny archive than the full one's stand-in."""
+    path = tmp_path_factory.mktemp("small") / "cifar-10-small.tar.gz"
+    return path, write_archive(path, synthetic_split(200, 2), synthetic_split(100, 3))
 
-    archive, md5 = tiny_archive
+
+@pytest.fixture
+def fresh_clone(tmp_path, tiny_archive, small_archive):
+    """A clone of the project as committed (the tracked files, default params) from `origin`, a bare
+    repository standing in for the git server both machines use, beside a ../shared/cifar10 stand-in."""
+    project = tmp_path / "project"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in tracked.stdout.split("\0"):
+        if name and (ROOT / name).is_file():
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / name, project / name)
+    copy_project_files(project, [])  # the shipped .dvc/config
+    (project / "params.yaml").write_text(project_params(OFFICIAL_URL, OFFICIAL_MD5))
+    origin = tmp_path / "origin.git"
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "the project"],
+                 ["clone", "-q", "--bare", str(project), str(origin)], ["remote", "add", "origin", str(origin)],
+                 ["fetch", "-q", "origin"], ["branch", "-q", "--set-upstream-to=origin/main"]):
+        subprocess.run(["git", *args], cwd=project, check=True, capture_output=True)
+
     stand_in = tmp_path / "shared/cifar10/make_archive.py"
     stand_in.parent.mkdir(parents=True)
-    stand_in.write_text(f"import shutil, sys\nshutil.copy({str(archive)!r}, sys.argv[1])\n"
-                        f"print(f'wrote {{sys.argv[1]}}: the tiny test archive, md5 {md5}')\n")
+    (full, full_md5), (small, small_md5) = tiny_archive, small_archive
+    stand_in.write_text(f"import shutil, sys\n"
+                        f"source, md5 = ({str(small)!r}, {small_md5!r}) if '--limit' in sys.argv else "
+                        f"({str(full)!r}, {full_md5!r})\n"
+                        "shutil.copy(source, sys.argv[1])\n"
+                        "print(f'wrote {sys.argv[1]}: a tiny test archive, md5 {md5}')\n")
     tools = tmp_path / "bin"  # `python3 -m venv DIR` links this test run's environment
     tools.mkdir()
     venv = Path(sys.executable).parent.parent
@@ -78,12 +98,13 @@ def fresh_clone(tmp_path, tiny_archive):
                                    f'exec {sys.executable} "$@"\n')
     (tools / "python3").chmod(0o755)
     env = dvc_env()
-    env.update(HOME=str(tmp_path / "home"), PATH=f"{tools}:{env['PATH']}", GIT_AUTHOR_NAME="test",
-               GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com")
+    env.update(HOME=str(tmp_path / "home"), PATH=f"{tools}:{env['PATH']}")
     (tmp_path / "home").mkdir()
+    (tmp_path / "home/.gitconfig").write_text("[user]\n    name = test\n    email = test@example.com\n")
     (tmp_path / "other").mkdir()
-    return Session(project, env, {REAL_MD5: md5, "/mnt/shared/dvc-cache": str(tmp_path / "remote"),
-                                  "/path/to/this/repository": str(project)}), tmp_path
+    return Session(project, env, {REAL_MD5: full_md5, SMALL_MD5: small_md5,
+                                  "/mnt/shared/dvc-cache": str(tmp_path / "remote"),
+                                  "git@example.com:you/lenet-mixup.git": str(origin)}), tmp_path
 
 
 def succeeded(steps):
@@ -92,14 +113,27 @@ def succeeded(steps):
     return {line.split(" #")[0]: output for line, _, output in steps}
 
 
+def git_clean(project):
+    return subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project,
+                          capture_output=True, text=True).stdout == ""
+
+
 def test_the_readme_flows_work_as_written(fresh_clone):
+    """Every flow in the README's order in one clone; then, in that used workspace (a remote, experiments
+    run, pushed and applied), a sample of the test suite passes."""
     session, tmp = fresh_clone
     project = session.cwd
 
+    steps = session.run("try-out")
+    out = succeeded(steps)
+    first = steps[2][2]
+    assert "md5 ok:" in first and ran(first) == ALL_STAGES
+    assert first.count("No file hash info found for") == 20  # what the README explains
+    assert (project / "dvc_plots/index.html").is_file()
+
     steps = session.run("offline first run")
     out = succeeded(steps)
-    assert "md5 ok:" in out[steps[-1][0]] and ran(out[steps[-1][0]]) == ALL_STAGES
-    assert (project / "metrics/mixup/summary.json").is_file() and (project / "data/plots-offline.html").is_file()
+    assert ran(steps[-1][2]) == ALL_STAGES[:-1] and "No file hash info found" not in steps[-1][2]  # not plots_page
     make_repro = subprocess.run(["make", "repro"], cwd=project, env=session.env, capture_output=True, text=True)
     assert make_repro.returncode == 0 and "Data and pipelines are up to date" in make_repro.stdout
 
@@ -107,34 +141,52 @@ def test_the_readme_flows_work_as_written(fresh_clone):
     out = [output for _, _, output in steps]
     succeeded(steps)
     assert "Stage 'train_baseline' didn't change, skipping" in out[1] and "Running stage 'train_mixup'" in out[1]
+    diff = subprocess.run(["git", "diff", "-U0", "params.yaml"], cwd=project, capture_output=True, text=True).stdout
+    assert [line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")] == \
+        ["-  alpha: 1.0          # lambda ~ Beta(alpha, alpha), one draw per batch",
+         "+  alpha: 0.4          # lambda ~ Beta(alpha, alpha), one draw per batch"], diff
     assert "metrics/mixup/summary.json" in out[2] and "metrics/baseline/summary.json" not in out[2]
     shown = out[3]
     assert "mixup.alpha" in shown and "final_eval_acc" in shown and "train.lr" not in shown
     assert max(len(line) for line in shown.splitlines()) < 200
     assert (project / "dvc_plots/index.html").is_file()
+    experiment = subprocess.run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], cwd=project,
+                                env=session.env, capture_output=True, text=True).stdout.split()
 
     steps = session.run("failed experiment")
     (failed, rc, output), *rest = steps
     assert rc != 0 and "the training loss became nan" in output and "lower train.lr" in output
     succeeded(rest)
-    assert "Data and pipelines are up to date" in rest[-1][2]
-    assert subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project,
-                          capture_output=True, text=True).stdout == ""
+    assert "Data and pipelines are up to date" in rest[-1][2] and git_clean(project)
 
-    succeeded(session.run("share"))
-    # The Sweeps section's make target, as a plan (the sweeps themselves run in tests/test_sweep.py).
-    plan = subprocess.run(["make", "sweep", "ARGS=--dry -S 'mixup.alpha=0.2,0.4,1.0' -S 'train.seed=0,1,2'"],
-                          cwd=project, env=session.env, capture_output=True, text=True)
-    assert plan.returncode == 0, plan.stdout + plan.stderr
-    assert ": 9 runs, 0 already done, 9 to run" in plan.stdout and "to run: alpha0.4-seed1" in plan.stdout
+    steps = session.run("share")
+    out = succeeded(steps)
+    assert "Pushed experiment" in steps[-1][2]
     session.cwd = tmp / "other"
     steps = session.run("other machine")
     out = succeeded(steps)
-    assert session.cwd == str(tmp / "other/lenet-mixup")
-    assert ran(steps[3][2]) == [] and "Data and pipelines are up to date" in steps[3][2]
     clone = tmp / "other/lenet-mixup"
+    assert session.cwd == str(clone)
+    assert ran(steps[4][2]) == [] and "Data and pipelines are up to date" in steps[4][2]
+    restored = steps[5][2]
+    assert "Stage 'train_mixup' is cached - skipping run" in restored, restored
+    assert ran(restored) == [] and "mixup epoch" not in restored  # no training: the stage's own log is absent
     assert (clone / "dvc_plots/index.html").is_file()
-    assert (clone / "models/mixup/final.pt").read_bytes() == (project / "models/mixup/final.pt").read_bytes()
+
+    # An older experiment applied on the first machine keeps the remote; the README's line goes back.
+    session.cwd = str(project)
+    assert len(experiment) == 1, experiment  # the alpha 0.4 run of the everyday flow
+    steps = session.run_lines([f"dvc exp apply {experiment[0]}", "dvc push",
+                               "git checkout HEAD -- params.yaml dvc.lock metrics && dvc checkout", "dvc status"])
+    succeeded(steps)
+    assert "shared" in (project / ".dvc/config.local").read_text() and git_clean(project)
+
+    # The suite, in this used workspace: nothing of it (the remote, the experiments, dvc_plots) leaks in.
+    sample = ["tests/test_params.py", "tests/test_dvc_yaml.py", "tests/test_pipeline.py", "-k",
+              "not test_pipeline or holds_no_remote or wrong_md5"]
+    inner = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *sample], cwd=project,
+                           env={**session.env, "PYTHONPATH": str(project)}, capture_output=True, text=True)
+    assert inner.returncode == 0, inner.stdout[-3000:] + inner.stderr[-2000:]
 
 
 # Every command a README code block shows, and the test that runs it (at least as a smoke test).

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lenet_mixup.params import read_yaml
-from tests.conftest import ROOT, Project, committed_params, default_sigint, dvc_env
+from tests.conftest import ROOT, Project, default_sigint, dvc_env, project_params
 from tools.sweep import SharedStages, apply, expand, plan, resources
 from tools.sweep_report import experiments
 
@@ -93,7 +93,7 @@ def processes():
 
 
 def test_the_grid_is_crossed_as_dvc_does_and_runs_done_are_matched_by_params():
-    params = read_yaml(committed_params())
+    params = read_yaml(project_params())
     runs = expand(["mixup.alpha=0.2,0.4", "train.seed=range(0,2)", "evaluate.fgsm_eps_255=[1,16]"], params)
     assert [r.overrides[:2] for r in runs] == [["mixup.alpha=0.2", "train.seed=0"], ["mixup.alpha=0.2", "train.seed=1"],
                                                ["mixup.alpha=0.4", "train.seed=0"], ["mixup.alpha=0.4", "train.seed=1"]]
@@ -108,7 +108,7 @@ def test_the_grid_is_crossed_as_dvc_does_and_runs_done_are_matched_by_params():
 
 
 def test_runs_that_would_compute_the_same_stage_take_turns(tmp_path):
-    params = read_yaml(committed_params())
+    params = read_yaml(project_params())
     dvc_yaml = read_yaml((ROOT / "dvc.yaml").read_text())
     head_computed = {"stages": {name: {} for name in dvc_yaml["stages"]}}
     runs = expand(["mixup.alpha=0.2,0.4", "train.seed=0,1"], params)
