@@ -4,9 +4,9 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import Project
+from tests.conftest import ROOT, Project
 from tests.test_pipeline import ran
-from tools.sweep_report import experiments
+from tests.test_sweep import by_alpha_seed
 
 
 def test_evaluate_params_rerun_only_evaluation_and_comparison(finished_project):
@@ -45,18 +45,17 @@ def test_queued_alpha_and_seed_sweep_trains_each_baseline_once_then_report(finis
     assert sum("Running stage 'train_mixup'" in log for log in logs) == 4
 
     shown = json.loads(project.dvc("exp", "show", "--json").stdout)
-    found = experiments(shown)
+    found = by_alpha_seed(shown)
     assert {(0.2, 0), (0.2, 1), (0.4, 0), (0.4, 1)} <= set(found)
     finals = {key: run["mixup"]["summary"]["final_eval_acc"] for key, run in found.items()}
     assert len({finals[(0.2, 0)], finals[(0.4, 0)], finals[(0.2, 1)]}) == 3  # distinct runs, distinct metrics
     assert found[(0.2, 0)]["baseline"] == found[(0.4, 0)]["baseline"]  # the same seed, the same baseline
     assert found[(0.2, 1)]["baseline"] == found[(0.4, 1)]["baseline"]
     assert found[(0.2, 0)]["baseline"] != found[(0.2, 1)]["baseline"]
-    result = project.run(sys.executable, "-m", "tools.sweep_report")
-    table = project.read("reports/sweep.md")
-    assert "alpha 0.2" in table and "(n=2)" in table
-    assert (project.path / "reports/sweep.png").read_bytes()[:4] == b"\x89PNG"
-    assert "from 5 runs" in result.stdout or "from 4 runs" in result.stdout
+    result = project.run(sys.executable, "-m", "tools.report", "--claims", str(ROOT / "study/claims.yaml"))
+    assert project.read("reports/report.md") in result.stdout
+    assert "| mixup alpha=0.2 | 2: 0, 1 |" in result.stdout and "| baseline | 2: 0, 1 |" in result.stdout
+    assert (project.path / "reports/report.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_clone_that_pulled_the_run_cache_reruns_nothing(finished_project, tmp_path):

@@ -1,9 +1,12 @@
-"""tools/sweep.py on a local Ray (127.0.0.1): grids of tiny runs come back as DVC experiments.
+"""tools/sweep.py on a local Ray (127.0.0.1): grids of tiny runs come back as DVC experiments, and the
+report (tools/report.py) and the archive (tools/export.py) read them.
 
-Two sweeps of a finished tiny project, each shared by the tests that read it:
-- on this machine, the workspace's DVC cache shared: alpha 0.2, 0.4 x seed 0, 1 on 2 workers;
+Sweeps of a finished tiny project, each shared by the tests that read it:
+- on this machine, the workspace's DVC cache shared: alpha 0.2, 0.4 x seed 0, 1 on 2 workers; then, in a
+  copy, the same in bf16: a 2-param grid (alpha x precision);
 - through a bare git repository and a local-folder DVC remote (the stand-ins for a cluster's shared
-  remotes): alpha 0.4 and -1, the worker of alpha 0.4 killed mid-run.
+  remotes): alpha 0.4 and -1, the worker of alpha 0.4 killed mid-run;
+- two runs of many epochs, Ctrl-C'd mid-training, then run again: they resume, and are archived.
 """
 import json
 import os
@@ -19,8 +22,8 @@ import pytest
 
 from lenet_mixup.params import read_yaml
 from tests.conftest import ROOT, Project, committed_params, default_sigint, dvc_env
+from tools.runs import read_experiments
 from tools.sweep import SharedStages, apply, expand, plan, resources
-from tools.sweep_report import experiments
 
 GRID = ["-S", "mixup.alpha=0.2,0.4", "-S", "train.seed=0,1"]
 TIMING = ("train_seconds", "examples_per_sec")
@@ -66,6 +69,31 @@ def shown(project):
             for rev in exp.get("revs") or []:
                 found[rev["name"]] = {path: m.get("data") for path, m in (rev["data"].get("metrics") or {}).items()}
     return found
+
+
+def by_alpha_seed(shown_json):
+    """{(alpha, seed): {variant: {"summary": ..., "evaluation": ...}}} of the experiments `dvc exp show` lists."""
+    found = {}
+    for r in read_experiments(shown_json)[0]:
+        found.setdefault((r.params["mixup.alpha"], r.params["train.seed"]), {})[r.variant] = r.files
+    return found
+
+
+def report(project, *args):
+    """`python -m tools.report ARGS` in the project; returns report.md (after a check that it succeeded)."""
+    result = subprocess.run([sys.executable, "-m", "tools.report", *args], cwd=project.path, env=env(),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = args[args.index("--out") + 1] if "--out" in args else project.path / "reports"
+    return (Path(project.path) / out / "report.md").read_text()
+
+
+def cell(text, section, row_start, header):
+    """The cell of a Markdown table: the table after heading `section`, the row that starts with
+    `row_start`, the column `header`."""
+    lines = [line for line in text.split(section, 1)[1].split("\n## ", 1)[0].splitlines() if line.startswith("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return next(r for r in rows if r[0] == row_start)[rows[0].index(header)]
 
 
 def without_timing(summary):
@@ -168,7 +196,7 @@ def test_four_runs_on_two_workers_come_back_as_experiments(local_sweep):
     assert all("train_mixup" in line for line in lines.values()), out
 
     shown = json.loads(project.dvc("exp", "show", "--json").stdout)
-    found = experiments(shown)
+    found = by_alpha_seed(shown)
     grid = [(0.2, 0), (0.2, 1), (0.4, 0), (0.4, 1)]
     assert set(grid) <= set(found)
     mixups = [json.dumps(found[key]["mixup"]["summary"], sort_keys=True) for key in grid]
@@ -193,12 +221,24 @@ def test_a_run_of_the_sweep_equals_the_same_experiment_run_alone(local_sweep, fi
         assert results(alone, name) == results(project, name)
 
 
-def test_the_experiments_work_with_dvc_and_the_sweep_report(local_sweep, tmp_path):
+def test_the_experiments_work_with_dvc_and_the_report(local_sweep, tmp_path):
     project = copy_project(local_sweep[0], tmp_path / "project")
-    report = subprocess.run([sys.executable, "-m", "tools.sweep_report"], cwd=project.path, env=env(),
-                            capture_output=True, text=True)
-    assert report.returncode == 0, report.stderr
-    assert "alpha 0.2 | alpha 0.4" in project.read("reports/sweep.md") and "(n=2)" in project.read("reports/sweep.md")
+    (project.path / "study").mkdir()  # the default claims file, and a claim of the user's own
+    claims = (ROOT / "study/claims.yaml").read_text() + (
+        "  - {claim: alpha 0.4 beats 0.2, metric: final eval accuracy,\n"
+        "     configuration: {variant: mixup, mixup.alpha: 0.4}, against: {mixup.alpha: 0.2}}\n")
+    (project.path / "study/claims.yaml").write_text(claims)
+    text = report(project)
+    assert "its own row (HEAD) is not a point of their grid: not counted." in text  # HEAD: alpha 1.0
+    assert "6 results in 3 configurations; seeds (`train.seed`): 0, 1. Swept: `mixup.alpha` (0.2, 0.4)." in text
+    assert "2 more results were the same computation" in text  # each seed's baseline: once
+    claim = cell(text, "## Claims", "alpha 0.4 beats 0.2", "difference [95% CI]")
+    assert re.fullmatch(r"[-+]\d\.\d{4} \[[-+]\d\.\d{4}, [-+]\d\.\d{4}\] \(n=2\)", claim), claim
+    assert cell(text, "## Claims", "alpha 0.4 beats 0.2", "verdict").strip("*") in ("supported", "contradicted",
+                                                                                    "not shown")
+    against = cell(text, "## Against `variant=baseline`", "final eval accuracy", "mixup alpha=0.4 - baseline")
+    assert against.endswith("(n=2)") and " [" in against
+    assert (project.path / "reports/report.png").read_bytes()[:4] == b"\x89PNG"
     diff = project.dvc("metrics", "diff", "alpha0.2-seed0", "alpha0.4-seed1").stdout
     assert "metrics/mixup/summary.json" in diff and "final_eval_acc" in diff
     plots = project.dvc("plots", "diff", "alpha0.2-seed0", "alpha0.4-seed1", "-o", str(tmp_path / "plots"))
@@ -208,6 +248,15 @@ def test_the_experiments_work_with_dvc_and_the_sweep_report(local_sweep, tmp_pat
     summary = shown(project)["alpha0.4-seed1"]["metrics/mixup/summary.json"]
     assert json.loads(project.read("metrics/mixup/summary.json")) == summary
     assert project.dvc("status").stdout.strip() == "Data and pipelines are up to date."  # outputs came back too
+
+
+def test_without_the_baseline_the_grids_first_alpha_is_the_reference(local_sweep, tmp_path):
+    project, _ = local_sweep
+    text = report(project, "--variant", "mixup", "--claims", str(ROOT / "study/claims.yaml"), "--out",
+                  str(tmp_path))
+    assert "4 results in 2 configurations" in text and "## Against `mixup.alpha=0.2`" in text
+    against = cell(text, "## Against", "peak eval accuracy", "mixup alpha=0.4 - mixup alpha=0.2")
+    assert re.fullmatch(r"[-+]\d\.\d{4} \[[-+]\d\.\d{4}, [-+]\d\.\d{4}\] \(n=2\)", against), against
 
 
 def test_the_same_sweep_again_skips_every_run_done(local_sweep):
@@ -227,27 +276,6 @@ def test_a_dirty_pipeline_is_refused_and_the_grid_checked(local_sweep, tmp_path)
     project.run("git", "checkout", "--", "params.yaml")
     result = sweep(project, "-S", "mixup.alhpa=0.3")
     assert result.returncode == 1 and "error: -S mixup.alhpa: params.yaml has no such key" in result.stderr
-
-
-def test_ctrl_c_stops_every_run_and_leaves_the_workspace_untouched(local_sweep, tmp_path):
-    project, _ = local_sweep
-    refs = project.run("git", "for-each-ref", "refs/exps").stdout
-    temp = tmp_path / "runs"
-    temp.mkdir()
-    proc = sweep(project, "-S", "mixup.alpha=0.7,0.8", tmpdir=temp, start_new_session=True,
-                 preexec_fn=default_sigint)
-    deadline = time.time() + 300
-    while not any("stages." in cmd and cwd.startswith(str(temp)) for cmd, cwd in processes().values()):
-        assert proc.poll() is None and time.time() < deadline, "no stage started"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: the whole foreground process group
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out + err
-    assert "interrupted: stopping 2 runs" in err
-    assert list(temp.iterdir()) == [], "the runs' temp folders are removed"
-    assert not [cmd for cmd, cwd in processes().values() if cwd.startswith(str(temp))], "no process left behind"
-    assert project.run("git", "for-each-ref", "refs/exps").stdout == refs
-    assert project.run("git", "status", "--porcelain").stdout == ""
 
 
 def kill_worker_while_a_stage_runs(name, temp):
@@ -313,7 +341,8 @@ def test_a_killed_worker_is_retried_and_its_run_completes(remote_sweep, local_sw
     line = finished_lines(out)["alpha0.4"]
     assert "FAILED" not in line and "train_mixup" in line, out + err
     assert results(project, "alpha0.4") == results(local_sweep[0], "alpha0.4-seed0")  # as if nothing happened
-    assert [p.name for p in (base / "runs").iterdir()] == ["lenet-mixup-sweep-cache"], "temp folders removed"
+    assert sorted(p.name for p in (base / "runs").iterdir()) == ["lenet-mixup-sweep-cache", "lenet-mixup-sweep-resume"]
+    assert list((base / "runs/lenet-mixup-sweep-resume").iterdir()) == [], "temp and resume folders removed"
 
 
 def test_a_run_with_bad_params_is_reported_and_the_others_complete(remote_sweep):
@@ -341,8 +370,131 @@ def test_a_fresh_clone_pulls_every_experiment_from_the_remotes(remote_sweep, tmp
     clone = Project(tmp_path / "clone")
     subprocess.run(["git", "clone", "-q", "-b", "main", str(base / "origin.git"), str(clone.path)], check=True)
     clone.dvc("exp", "pull", "origin", "--rev", "HEAD")
-    found = experiments(json.loads(clone.dvc("exp", "show", "--json").stdout))
+    found = by_alpha_seed(json.loads(clone.dvc("exp", "show", "--json").stdout))
     assert found[(0.4, 0)]["mixup"]["summary"] == shown(project)["alpha0.4"]["metrics/mixup/summary.json"]
     clone.dvc("exp", "apply", "alpha0.4")
     assert (clone.path / "models/mixup/final.pt").is_file() and (clone.path / "data/prepared/train_x.npy").is_file()
     assert clone.dvc("status").stdout.strip() == "Data and pipelines are up to date."
+
+
+@pytest.fixture(scope="module")
+def alpha_precision_sweep(tmp_path_factory, local_sweep):
+    """Alpha 0.4 of the local sweep again in bf16, in a copy: with the fp32 runs, a grid of alpha x precision."""
+    project = copy_project(local_sweep[0], tmp_path_factory.mktemp("bf16") / "project")
+    result = sweep(project, "-S", "mixup.alpha=0.4", "-S", "train.precision=bf16", "-S", "train.seed=0,1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return project, result.stdout
+
+
+def test_a_two_param_grid_gives_intervals_within_each_precision(alpha_precision_sweep, tmp_path):
+    project, out = alpha_precision_sweep
+    # bf16 retrains the baseline (it reads train.precision), once per seed; alpha does not touch it.
+    assert sum("train_baseline" in line for line in finished_lines(out).values()) == 2, out
+    text = report(project, "--claims", str(ROOT / "study/claims.yaml"), "--reference", "variant=baseline",
+                  "--reference", "train.precision=fp32", "--out", str(tmp_path))
+    assert "10 results in 5 configurations" in text and "2 more results were the same computation" in text
+    assert "Swept: `train.precision` (fp32, bf16), `mixup.alpha` (0.2, 0.4)." in text
+    interval = r"[-+]\d\.\d{4} \[[-+]\d\.\d{4}, [-+]\d\.\d{4}\] \(n=2\)"
+    for section, header in [
+            ("## Against `variant=baseline`", "mixup precision=bf16 alpha=0.4 - baseline precision=bf16"),
+            ("## Against `train.precision=fp32`", "baseline precision=bf16 - baseline precision=fp32"),
+            ("## Against `train.precision=fp32`", "mixup precision=bf16 alpha=0.4 - mixup precision=fp32 alpha=0.4")]:
+        assert re.fullmatch(interval, cell(text, section, "final eval accuracy", header)), (section, header)
+
+
+def test_the_archive_from_a_fresh_clone_gives_the_experiments_report(alpha_precision_sweep, tmp_path):
+    """Export every experiment, commit; a clone (no experiment refs, no DVC cache) reports the same."""
+    project = copy_project(alpha_precision_sweep[0], tmp_path / "project")
+    claims = str(ROOT / "study/claims.yaml")
+    from_experiments = report(project, "--claims", claims, "--out", str(tmp_path / "experiments"))
+    exported = subprocess.run([sys.executable, "-m", "tools.export", "--to", "runs"], cwd=project.path, env=env(),
+                              capture_output=True, text=True)
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stdout.count(" (committed)") == 6 and "alpha0.4-precisionbf16-seed1 -> runs/" in exported.stdout
+    log = project.run("git", "log", "-6", "--name-only", "--format=%s").stdout
+    assert log.count("Run alpha") == 6 and {line.split("/")[0] for line in log.splitlines() if "/" in line} == {"runs"}
+    run_dir = project.path / "runs/alpha0.4-precisionbf16-seed0"
+    assert sorted(p.name for p in (run_dir / "mixup").iterdir()) == ["epochs.tsv", "evaluation.json", "fgsm.tsv",
+                                                                     "reliability.tsv", "summary.json"]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["threads"] == 1 and info["code_commit"] == project.run("git", "rev-parse", "HEAD~6").stdout.strip()
+    clone = Project(tmp_path / "clone")
+    subprocess.run(["git", "clone", "-q", str(project.path), str(clone.path)], check=True)
+    assert clone.run("git", "for-each-ref", "refs/exps").stdout == ""
+    from_archive = report(clone, "--archive", "runs", "--claims", claims, "--out", str(tmp_path / "archive"))
+    body = [text.split("\n", 3)[3].split("## Provenance")[0] for text in (from_experiments, from_archive)]
+    assert body[0] == body[1], "the archive's report differs from the experiments'"
+    assert (tmp_path / "archive/report.png").read_bytes() == (tmp_path / "experiments/report.png").read_bytes()
+    assert "- threads: `1` (6 runs)" in from_archive
+
+
+@pytest.fixture(scope="module")
+def resumed_sweep(tmp_path_factory, finished_template):
+    """Two runs of many epochs, Ctrl-C'd as soon as a training stage has saved a resume state (the state of
+    things then recorded), then the same sweep again, with --archive."""
+    base = tmp_path_factory.mktemp("resume")
+    project, temp = copy_project(finished_template, base / "project"), base / "runs"
+    temp.mkdir()
+    grid = ["-S", "train.epochs=30", "-S", "train.seed=0,1", "--archive", "runs"]
+    states = project.path / ".dvc/tmp/sweep/resume"
+    refs = project.run("git", "for-each-ref", "refs/exps").stdout
+    proc = sweep(project, *grid, tmpdir=temp, start_new_session=True, preexec_fn=default_sigint)
+    deadline = time.time() + 300
+    while not list(states.glob("*/*.pt")):
+        assert proc.poll() is None and time.time() < deadline, f"no resume state: {proc.communicate()}"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: the whole foreground process group
+    out, err = proc.communicate(timeout=120)
+    interrupted = {"code": proc.returncode, "err": err, "temp": list(temp.iterdir()),
+                   "left": [cmd for cmd, cwd in processes().values() if cwd.startswith(str(temp))],
+                   "refs": project.run("git", "for-each-ref", "refs/exps").stdout == refs,
+                   "status": project.run("git", "status", "--porcelain").stdout,
+                   "saved": {p.parent.name: p.stem for p in states.glob("*/*.pt")}}
+    again = sweep(project, *grid)
+    assert again.returncode == 0, again.stdout + again.stderr
+    return project, interrupted, again.stdout
+
+
+def test_ctrl_c_stops_every_run_and_leaves_the_workspace_untouched(resumed_sweep):
+    _, interrupted, _ = resumed_sweep
+    assert interrupted["code"] == 130, interrupted["err"]
+    assert "interrupted: stopping 2 runs" in interrupted["err"]
+    assert interrupted["temp"] == [], "the runs' temp folders are removed"
+    assert interrupted["left"] == [], "no process left behind"
+    assert interrupted["refs"] and interrupted["status"] == "", "no experiment, no change to the workspace"
+    assert interrupted["saved"], "the resume states outlive the runs' clones"
+
+
+def test_an_interrupted_run_resumes_and_equals_an_uninterrupted_one(resumed_sweep, tmp_path):
+    project, interrupted, _ = resumed_sweep
+    name, variant = next(iter(interrupted["saved"].items()))
+    log = (project.path / f".dvc/tmp/sweep/{name}.log").read_text()
+    resumed = re.search(rf"^resuming {variant} after epoch (\d+) from data/resume/{variant}\.pt$", log, re.M)
+    assert resumed and 1 <= int(resumed.group(1)) < 30, log[-3000:]
+    assert list((project.path / ".dvc/tmp/sweep/resume").iterdir()) == [], "removed once the runs succeeded"
+    # The same variant trained without interruption, its stages run directly, on the sweep's one thread.
+    alone = tmp_path / "alone"
+    shutil.copytree(project.path / "data/prepared", alone / "data/prepared")
+    seed = int(name.rsplit("seed", 1)[1])
+    (alone / "params.yaml").write_text(project.read("params.yaml").replace("epochs: 2\n", "epochs: 30\n")
+                                       .replace("seed: 0\n", f"seed: {seed}\n"))
+    for stage in ("train", "evaluate"):
+        done = subprocess.run([sys.executable, "-m", f"stages.{stage}", variant], cwd=alone, env=env(),
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    archived = project.path / "runs" / name / variant
+    assert without_timing(json.loads((archived / "summary.json").read_text())) == \
+        without_timing(json.loads((alone / f"metrics/{variant}/summary.json").read_text()))
+    assert (archived / "evaluation.json").read_text() == (alone / f"metrics/{variant}/evaluation.json").read_text()
+
+
+def test_a_run_is_archived_and_committed_as_it_finishes_and_then_done(resumed_sweep):
+    project, _, out = resumed_sweep
+    assert "committed to runs/epochs30-seed0" in out and "committed to runs/epochs30-seed1" in out
+    for name in ("epochs30-seed0", "epochs30-seed1"):
+        log = project.run("git", "log", "-1", "--name-only", "--format=%s", "--", f"runs/{name}").stdout.split()
+        assert log[:3] == ["Run", f"{name}:", "final"] and all(p.startswith(f"runs/{name}/") for p in log if "/" in p)
+    assert project.run("git", "status", "--porcelain").stdout == ""
+    again = sweep(project, "-S", "train.epochs=30", "-S", "train.seed=0,1", "--archive", "runs")
+    assert again.returncode == 0 and "2 runs, 2 already done, 0 to run" in again.stdout, again.stdout + again.stderr
+    assert "done already: runs/epochs30-seed0" in again.stdout  # HEAD moved on: the archive says they are done
