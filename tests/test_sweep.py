@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from lenet_mixup.params import read_yaml
+from lenet_mixup.params import dump_yaml, read_yaml
 from tests.conftest import ROOT, Project, committed_params, default_sigint, dvc_env
 from tools.runs import read_experiments
 from tools.sweep import SharedStages, apply, expand, plan, resources
@@ -208,17 +208,31 @@ def test_four_runs_on_two_workers_come_back_as_experiments(local_sweep):
     assert project.run("git", "status", "--porcelain").stdout == "", "the workspace is untouched"
 
 
-def test_a_run_of_the_sweep_equals_the_same_experiment_run_alone(local_sweep, finished_template, tmp_path):
+def run_alone(project, folder, variant, **values):
+    """One variant trained and evaluated with the project's committed params and `values` set, its stage
+    scripts run directly on one torch thread (no DVC, no cache: nothing restored); its results as results()."""
+    shutil.copytree(project.path / "data/prepared", folder / "data/prepared")
+    params = read_yaml(committed_params(project.path))
+    for key, value in values.items():
+        section, name = key.split(".")
+        params[section][name] = value
+    (folder / "params.yaml").write_text(dump_yaml(params))
+    for stage in ("train", "evaluate"):
+        done = subprocess.run([sys.executable, "-m", f"stages.{stage}", variant], cwd=folder, env=env(),
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+    metrics = folder / "metrics" / variant
+    return {"summary": without_timing(json.loads((metrics / "summary.json").read_text())),
+            "evaluation": json.loads((metrics / "evaluation.json").read_text())}
+
+
+def test_a_run_of_the_sweep_equals_the_same_run_alone(local_sweep, tmp_path):
     project, _ = local_sweep
-    alone = copy_project(finished_template, tmp_path / "alone")  # its own cache: nothing restored from the sweep
-    for name, overrides in [("alpha0.2-seed1", ["mixup.alpha=0.2", "train.seed=1"]),
-                            ("alpha0.4-seed0", ["mixup.alpha=0.4", "train.seed=0"])]:  # not the last run's seed
-        args = [a for o in overrides for a in ("-S", o)]
-        result = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-n", name, *args], cwd=alone.path,
-                                env=env(), capture_output=True, text=True)
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "Running stage 'train_mixup'" in result.stdout
-        assert results(alone, name) == results(project, name)
+    for name, variant, values in [
+            ("alpha0.2-seed1", "mixup", {"mixup.alpha": 0.2, "train.seed": 1}),
+            ("alpha0.4-seed0", "mixup", {"mixup.alpha": 0.4, "train.seed": 0}),  # not the last run's seed
+            ("alpha0.4-seed1", "baseline", {"train.seed": 1})]:  # trained by one run, restored by the other
+        assert run_alone(project, tmp_path / name, variant, **values) == results(project, name)[variant], name
 
 
 def test_the_experiments_work_with_dvc_and_the_report(local_sweep, tmp_path):
@@ -378,10 +392,12 @@ def test_a_fresh_clone_pulls_every_experiment_from_the_remotes(remote_sweep, tmp
 
 
 @pytest.fixture(scope="module")
-def alpha_precision_sweep(tmp_path_factory, local_sweep):
-    """Alpha 0.4 of the local sweep again in bf16, in a copy: with the fp32 runs, a grid of alpha x precision."""
+def alpha_precision_sweep(tmp_path_factory, local_sweep, ray_cluster):
+    """Alpha 0.4 of the local sweep again in bf16, in a copy: with the fp32 runs, a grid of alpha x precision.
+    On the module's Ray cluster (no Ray of its own to start)."""
     project = copy_project(local_sweep[0], tmp_path_factory.mktemp("bf16") / "project")
-    result = sweep(project, "-S", "mixup.alpha=0.4", "-S", "train.precision=bf16", "-S", "train.seed=0,1")
+    result = sweep(project, "--address", "auto", "-S", "mixup.alpha=0.4", "-S", "train.precision=bf16", "-S",
+                   "train.seed=0,1")
     assert result.returncode == 0, result.stdout + result.stderr
     return project, result.stdout
 
@@ -429,13 +445,13 @@ def test_the_archive_from_a_fresh_clone_gives_the_experiments_report(alpha_preci
 
 
 @pytest.fixture(scope="module")
-def resumed_sweep(tmp_path_factory, finished_template):
+def resumed_sweep(tmp_path_factory, finished_template, ray_cluster):
     """Two runs of many epochs, Ctrl-C'd as soon as a training stage has saved a resume state (the state of
-    things then recorded), then the same sweep again, with --archive."""
+    things then recorded), then the same sweep again, with --archive; on the module's Ray cluster."""
     base = tmp_path_factory.mktemp("resume")
     project, temp = copy_project(finished_template, base / "project"), base / "runs"
     temp.mkdir()
-    grid = ["-S", "train.epochs=30", "-S", "train.seed=0,1", "--archive", "runs"]
+    grid = ["--address", "auto", "-S", "train.epochs=30", "-S", "train.seed=0,1", "--archive", "runs"]
     states = project.path / ".dvc/tmp/sweep/resume"
     refs = project.run("git", "for-each-ref", "refs/exps").stdout
     proc = sweep(project, *grid, tmpdir=temp, start_new_session=True, preexec_fn=default_sigint)
@@ -472,20 +488,11 @@ def test_an_interrupted_run_resumes_and_equals_an_uninterrupted_one(resumed_swee
     resumed = re.search(rf"^resuming {variant} after epoch (\d+) from data/resume/{variant}\.pt$", log, re.M)
     assert resumed and 1 <= int(resumed.group(1)) < 30, log[-3000:]
     assert list((project.path / ".dvc/tmp/sweep/resume").iterdir()) == [], "removed once the runs succeeded"
-    # The same variant trained without interruption, its stages run directly, on the sweep's one thread.
-    alone = tmp_path / "alone"
-    shutil.copytree(project.path / "data/prepared", alone / "data/prepared")
-    seed = int(name.rsplit("seed", 1)[1])
-    (alone / "params.yaml").write_text(project.read("params.yaml").replace("epochs: 2\n", "epochs: 30\n")
-                                       .replace("seed: 0\n", f"seed: {seed}\n"))
-    for stage in ("train", "evaluate"):
-        done = subprocess.run([sys.executable, "-m", f"stages.{stage}", variant], cwd=alone, env=env(),
-                              capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
     archived = project.path / "runs" / name / variant
-    assert without_timing(json.loads((archived / "summary.json").read_text())) == \
-        without_timing(json.loads((alone / f"metrics/{variant}/summary.json").read_text()))
-    assert (archived / "evaluation.json").read_text() == (alone / f"metrics/{variant}/evaluation.json").read_text()
+    alone = run_alone(project, tmp_path / "alone", variant, **{"train.epochs": 30,
+                                                               "train.seed": int(name.rsplit("seed", 1)[1])})
+    assert without_timing(json.loads((archived / "summary.json").read_text())) == alone["summary"]
+    assert json.loads((archived / "evaluation.json").read_text()) == alone["evaluation"]
 
 
 def test_a_run_is_archived_and_committed_as_it_finishes_and_then_done(resumed_sweep):

@@ -386,6 +386,8 @@ def report(results, source, claims_file=CLAIMS, references=(), absent=None, out=
     """Group the results, write out/report.md and out/report.png; returns the Markdown."""
     if not results:
         raise UserError("no finished runs to report: run a sweep first (`python -m tools.sweep -S ...`)")
+    if not Path("dvc.yaml").is_file():
+        raise UserError("no dvc.yaml here: run the report from the project's root")
     metrics, claims = read_claims(claims_file)
     study = Study(results, runs.variant_params(read_yaml(Path("dvc.yaml").read_text())))
     if not references and any(c.variant == "baseline" for c in study.groups):

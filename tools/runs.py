@@ -51,12 +51,13 @@ def flatten(params, prefix=""):
 
 def shown_experiments(saved=None):
     """`dvc exp show --json` output: read from `saved`, else run here."""
-    if saved:
-        try:
-            return json.loads(Path(saved).read_text())
-        except (OSError, ValueError) as e:
-            raise UserError(f"{saved}: not a saved `dvc exp show --json` output ({e})") from None
-    return json.loads(dvc("exp", "show", "--json").stdout)
+    try:
+        shown = json.loads(Path(saved).read_text() if saved else dvc("exp", "show", "--json").stdout)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{saved}: not a saved `dvc exp show --json` output ({e})") from None
+    if not isinstance(shown, list):
+        raise UserError(f"{saved or 'dvc exp show --json'}: not a list of rows, as `dvc exp show --json` writes")
+    return shown
 
 
 def read_experiments(shown):
@@ -92,6 +93,26 @@ def experiment_refs(commit):
     """{name: ref} of every experiment of `commit` in this repository."""
     prefix = f"refs/exps/{commit[:2]}/{commit[2:]}/"
     return {ref[len(prefix):]: ref for ref in git("for-each-ref", "--format=%(refname)", prefix).splitlines()}
+
+
+def experiment_params(commit):
+    """{name: params} of every experiment of `commit` in this repository."""
+    found = {}
+    for name, ref in experiment_refs(commit).items():
+        shown = subprocess.run(["git", "show", f"{ref}:{PARAMS_FILE}"], capture_output=True, text=True)
+        if shown.returncode == 0:
+            found[name] = read_yaml(shown.stdout)
+    return found
+
+
+def summaries(commit, cache):
+    """{variant: summary.json} of an experiment, for the variants whose summary can be read."""
+    found = {}
+    for variant in paths.VARIANTS:
+        text = read_output(commit, str(paths.summary_json(variant)), cache)
+        if text:
+            found[variant] = json.loads(text)
+    return found
 
 
 def read_output(commit, path, cache):

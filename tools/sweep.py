@@ -53,7 +53,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lenet_mixup import paths
 from lenet_mixup.params import read_yaml
 from lenet_mixup.stage import UserError, run
 from tools import export, runs, sweep_worker
@@ -126,16 +125,6 @@ def run_name(values):
     return text or "run"
 
 
-def experiments(commit):
-    """{name: params} of every experiment of `commit` in this repository."""
-    found = {}
-    for name, ref in runs.experiment_refs(commit).items():
-        shown = subprocess.run(["git", "show", f"{ref}:{PARAMS_FILE}"], capture_output=True, text=True)
-        if shown.returncode == 0:
-            found[name] = read_yaml(shown.stdout)
-    return found
-
-
 def archived(archive, dvc_yaml):
     """{folder: params} of the archive's runs made by HEAD's pipeline code (dvc.yaml and what its stages
     depend on unchanged since their code commit): runs done."""
@@ -147,16 +136,6 @@ def archived(archive, dvc_yaml):
                                                capture_output=True).returncode == 0
         if same_code[commit]:
             found[f"{archive}/{result.run}"] = result.params
-    return found
-
-
-def summaries(commit, cache):
-    """{variant: summary.json} of an experiment, for the variants whose summary can be read."""
-    found = {}
-    for variant in paths.VARIANTS:
-        text = runs.read_output(commit, str(paths.summary_json(variant)), cache)
-        if text:
-            found[variant] = json.loads(text)
     return found
 
 
@@ -378,7 +357,7 @@ class Sweep:
                 result.update(ok=False, error=f"ran, but could not be pulled here: {e}")
         ref = f"refs/exps/{self.spec['commit'][:2]}/{self.spec['commit'][2:]}/{r.name}"
         if result["ok"]:  # the experiment is here now: its ref in git, its outputs in the cache
-            result["metrics"] = summaries(ref, self.cache)
+            result["metrics"] = runs.summaries(ref, self.cache)
         if result["ok"] and self.args.archive:
             try:
                 with signals_deferred():
@@ -519,8 +498,8 @@ def main():
     cache = runs.cache_dir()
     spec, where = run_spec(args, root, commit, cache)
 
-    todo, done = plan(grid, head_params, experiments(commit) | (archived(args.archive, dvc_yaml) if args.archive
-                                                                 else {}))
+    done_already = runs.experiment_params(commit) | (archived(args.archive, dvc_yaml) if args.archive else {})
+    todo, done = plan(grid, head_params, done_already)
     shared = SharedStages(dvc_yaml, read_yaml(lock_text) if lock_text else None, head_params,
                           sorted({k for r in grid for k in r.values}), cache)
     for r in todo:

@@ -159,10 +159,11 @@ class Supervisor:
             with open(self.log_path) as f:
                 log = f.read()
             shutil.rmtree(self.folder, ignore_errors=True)
-            if result["ok"]:  # nothing to resume; an interrupted or failed run keeps its state for the next try
-                shutil.rmtree(self.spec["resume_dir"], ignore_errors=True)
-            elif os.path.isdir(self.spec["resume_dir"]) and not os.listdir(self.spec["resume_dir"]):
-                os.rmdir(self.spec["resume_dir"])
+        # The run ended on its own (a stopped one keeps its resume state untouched for its next try): a
+        # success leaves nothing to resume, a failure keeps what it saved, if anything.
+        resume = self.spec["resume_dir"]
+        if result["ok"] or (os.path.isdir(resume) and not os.listdir(resume)):
+            shutil.rmtree(resume, ignore_errors=True)
         result.update(log=log, ran=re.findall(r"^Running stage '([^']+)'", log, re.M))
         if not result["ok"]:
             result["error"] = one_line_error(log)
