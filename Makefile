@@ -28,18 +28,27 @@ bench: setup
 plots: setup
 	dvc plots show
 
-# make sweep ARGS="-S 'mixup.alpha=0.2,0.4,1.0' -S 'train.seed=0,1,2' [--workers N] [--address ADDR]"
+# make sweep ARGS="-S 'mixup.alpha=0.2,0.4,1.0' -S 'train.seed=0,1,2' [--workers N] [--address ADDR] [--archive DIR]"
 sweep: setup
 	python -m tools.sweep $(ARGS)
 
+# The statistics of the experiments of HEAD: reports/report.md and reports/report.png
 sweep-report: setup
-	python -m tools.sweep_report
+	python -m tools.report $(ARGS)
 
+# The study (README, "The study"): three sweeps, each run archived in study/runs/ and committed as it finishes.
 study: setup
-	python -m tools.study run
+	python -m tools.sweep -S 'train.seed=range(0,5)' --archive study/runs
+	python -m tools.sweep -S 'mixup.alpha=0.2,0.4,2.0' -S 'train.seed=range(0,3)' --archive study/runs
+	python -m tools.sweep -S 'train.precision=bf16' -S 'train.seed=range(0,3)' --archive study/runs
 
 study-report: setup
-	python -m tools.study report
+	python -m tools.report $(STUDY_REPORT)
+
+# What the committed study runs lacked when they ran (train.precision: fp32 then; evaluate.batch_size: 1000, the
+# evaluation's batch since), and the comparisons study/report.md shows (tests/test_report.py runs the same).
+STUDY_REPORT = --archive study/runs --absent train.precision=fp32 --absent evaluate.batch_size=1000 \
+	--reference variant=baseline --reference mixup.alpha=1.0 --reference train.precision=fp32 --out study
 
 clean:
 	rm -rf $(VENV) dvc_plots .pytest_cache

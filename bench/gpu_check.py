@@ -15,10 +15,11 @@ import json
 import math
 import re
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
+
+from tools import stats  # the standard library only
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "study" / "runs"
@@ -28,9 +29,6 @@ NEEDED = {"torch": "torch", "numpy": "numpy", "tqdm": "tqdm", "ruamel.yaml": "ru
           "pytest": "pytest"}
 # The goals of issue 11, for a full stage: 35 epochs of 1000 steps of 50 images.
 GOAL_SECONDS, GOAL_EPOCHS, GOAL_EPOCH_STEPS, GOAL_MS_PER_STEP, GOAL_VS_DATALOADER = 10.0, 35, 1000, 0.3, 10.0
-# t quantiles (0.995, df) for a 99% prediction interval of one more seed; df > 20 uses df 20's (wider)
-T995 = [63.657, 9.925, 5.841, 4.604, 4.032, 3.707, 3.499, 3.355, 3.250, 3.169, 3.106, 3.055, 3.012, 2.977, 2.947,
-        2.921, 2.898, 2.878, 2.861, 2.845]
 
 
 def missing():
@@ -159,16 +157,12 @@ def read_json(path):
 
 
 def cpu_runs(variant, alpha):
-    """Every fp32 run of the variant (mixup: at this alpha) in study/runs: (seed, summary, evaluation)."""
-    found = []
-    for run in sorted(RUNS.glob("*/run.json")):
-        meta, summary = read_json(run), read_json(run.with_name("summary.json"))
-        if not meta or not summary or meta.get("variant") != variant or meta.get("precision", "fp32") != "fp32":
-            continue
-        if variant == "mixup" and meta.get("alpha") is not None and float(meta["alpha"]) != float(alpha):
-            continue
-        found.append((meta.get("seed"), summary, read_json(run.with_name("evaluation.json")), meta))
-    return sorted(found, key=lambda r: (r[0] is None, r[0]))
+    """Every fp32 run of the variant (mixup: at this alpha) in the study's archive, lowest seed first."""
+    from tools.runs import read_archive
+    found = [r for r in read_archive(RUNS) if r.variant == variant
+             and r.params.get("train.precision", "fp32") == "fp32"
+             and (variant != "mixup" or float(r.params.get("mixup.alpha", "nan")) == float(alpha))]
+    return sorted(found, key=lambda r: r.params.get("train.seed"))
 
 
 def band(values):
@@ -176,10 +170,10 @@ def band(values):
     n = len(values)
     if n < 2:
         return {"n": n, "values": values}
-    mean, sd = statistics.mean(values), statistics.stdev(values)
-    half = T995[min(n - 1, len(T995)) - 1] * sd * math.sqrt(1 + 1 / n)
-    return {"n": n, "values": values, "mean": mean, "sd": sd, "min": min(values), "max": max(values),
-            "low": mean - half, "high": mean + half}
+    spread = stats.spread(values)
+    half = stats.t_quantile(0.995, n - 1) * spread.sd * math.sqrt(1 + 1 / n)
+    return {"n": n, "values": values, "mean": spread.mean, "sd": spread.sd, "min": min(values), "max": max(values),
+            "low": spread.mean - half, "high": spread.mean + half}
 
 
 def bench_rates(text):
@@ -229,7 +223,7 @@ def report(work, out, smoke):
         peak = read_json(work / f"train-{variant}.json") or {}
         rows = read_tsv(work / "metrics" / variant / "epochs.tsv") if summary else []
         cpu = cpu_runs(variant, params["mixup"]["alpha"])
-        entry = {"summary": summary, "stage": peak, "cpu_runs": [f"{m.get('name')}" for *_, m in cpu]}
+        entry = {"summary": summary, "stage": peak, "cpu_runs": [r.run for r in cpu]}
         result["variants"][variant] = entry
         if summary:
             steps_total = sum(r["train_steps"] for r in rows)
@@ -243,16 +237,17 @@ def report(work, out, smoke):
                 say(f"{'':9}capture failed: {summary['capture_error']}")
         else:
             say(f"{variant:9}this run: no summary ({steps.get('train ' + variant, 'not run')})")
-        for _, s, _, meta in cpu[:1]:  # the lowest seed: seed 0, the seed this check trains
-            cpu_rows = read_tsv(RUNS / meta["name"] / "epochs.tsv")
+        for r in cpu[:1]:  # the lowest seed: seed 0, the seed this check trains
+            s = r.files["summary"]
+            cpu_rows = read_tsv(r.folder / "epochs.tsv")
             cpu_ms = 1000 * s["train_seconds"] / cpu_rows[-1]["step"]
-            say(f"{'':9}{'CPU ' + str(meta.get('name')):30}{'cpu':12}{s['train_seconds']:9.1f}"
+            say(f"{'':9}{'CPU ' + r.run:30}{'cpu':12}{s['train_seconds']:9.1f}"
                 f"{s['examples_per_sec']:9.0f}{cpu_ms:9.3f}{'-':>9}{s['peak_eval_acc']:12.4f} ({s['peak_epoch']:2d})"
                 f"{s['final_eval_acc']:11.4f}")
             if summary:
                 say(f"{'':9}this run / the CPU run: {summary['examples_per_sec'] / s['examples_per_sec']:.1f}x the "
-                    f"images per second (CPU host: {meta.get('host')})")
-        spreads = {m: band([s[m] for _, s, _, _ in cpu]) for m in ("peak_eval_acc", "final_eval_acc")}
+                    f"images per second (CPU host: {r.info.get('host')})")
+        spreads = {m: band([r.files["summary"][m] for r in cpu]) for m in ("peak_eval_acc", "final_eval_acc")}
         entry["cpu_spread"] = spreads
         if spreads["peak_eval_acc"]["n"] >= 2:
             say(f"{'':9}CPU seeds (n={spreads['peak_eval_acc']['n']}): " + ", ".join(
@@ -262,7 +257,7 @@ def report(work, out, smoke):
             say(f"{'':9}CPU seeds: {spreads['peak_eval_acc']['n']} fp32 run(s) of {variant} in study/runs")
         evaluation = read_json(work / "metrics" / variant / "evaluation.json")
         if evaluation:
-            cpu_eval = next((e for _, _, e, _ in cpu if e), None)
+            cpu_eval = cpu[0].files["evaluation"] if cpu else None
             entry["evaluation"] = evaluation
             say(f"{'':9}evaluate: " + "; ".join(describe_evaluation(evaluation[w], cpu_eval and cpu_eval.get(w), w)
                                                  for w in ("final", "best") if w in evaluation))

@@ -196,16 +196,24 @@ COVERED = {
     "python -m tools.sweep -S": "tests/test_sweep.py::test_four_runs_on_two_workers_come_back_as_experiments",
     "make sweep ARGS=": "test_the_readme_flows_work_as_written",
     "dvc exp show": "tests/test_sweep.py::test_four_runs_on_two_workers_come_back_as_experiments",
-    "python -m tools.sweep_report": "tests/test_sweep.py::test_the_experiments_work_with_dvc_and_the_sweep_report",
-    "dvc exp apply": "tests/test_sweep.py::test_the_experiments_work_with_dvc_and_the_sweep_report",
+    "python -m tools.report --archive runs": "tests/test_sweep.py::test_the_archive_from_a_fresh_clone_gives_the_"
+                                             "experiments_report",
+    "python -m tools.report": "tests/test_sweep.py::test_the_experiments_work_with_dvc_and_the_report",
+    "python -m tools.export --to runs": "tests/test_sweep.py::test_the_archive_from_a_fresh_clone_gives_the_"
+                                        "experiments_report",
+    "dvc exp apply": "tests/test_sweep.py::test_the_experiments_work_with_dvc_and_the_report",
     "git push origin HEAD": "tests/test_sweep.py (remote_sweep: to the bare repository the runs clone)",
     "python -m tools.sweep --address": "tests/test_sweep.py (remote_sweep: on a `ray start --head` cluster)",
     "OMP_NUM_THREADS=1 python -m bench.sweep_speed": "tests/test_sweep_bench.py",
     "make bench": "tests/test_bench.py",
     "python -m bench.train_speed": "tests/test_bench.py",
-    "python -m tools.study run": "tests/test_study.py",
-    "python -m tools.study report": "tests/test_study_report.py",
-    "make study-report": "tests/test_study_report.py",
+    "python -m tools.sweep -S 'train.seed=range(0,5)' --archive study/runs":
+        "tests/test_sweep.py::test_a_run_is_archived_and_committed_as_it_finishes_and_then_done",
+    "python -m tools.sweep -S 'mixup.alpha=0.2,0.4,2.0' -S 'train.seed=range(0,3)' --archive study/runs":
+        "tests/test_sweep.py::test_a_run_is_archived_and_committed_as_it_finishes_and_then_done",
+    "python -m tools.sweep -S 'train.precision=bf16' -S 'train.seed=range(0,3)' --archive study/runs":
+        "tests/test_sweep.py::test_a_run_is_archived_and_committed_as_it_finishes_and_then_done",
+    "make study-report": "tests/test_report.py::test_the_committed_report_is_the_committed_archives_report",
     "bash bench/gpu_check.sh --stage-carry": "tests/test_cuda.py::test_gpu_check_stages_what_a_device_call_carries",
     "bash bench/gpu_check.sh": "tests/test_cuda.py (on a GPU: the check itself; here: its --cpu-smoke mode)",
 }

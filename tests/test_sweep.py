@@ -1,10 +1,14 @@
-"""tools/sweep.py on a local Ray (127.0.0.1): grids of tiny runs come back as DVC experiments.
+"""tools/sweep.py on a local Ray (127.0.0.1): grids of tiny runs come back as DVC experiments, and the
+report (tools/report.py) and the archive (tools/export.py) read them.
 
-Two sweeps of a finished tiny project, each shared by the tests that read it:
-- on this machine, the workspace's DVC cache shared: alpha 0.2, 0.4 x seed 0, 1 on 2 workers;
+Sweeps of a finished tiny project, each shared by the tests that read it:
+- on this machine, the workspace's DVC cache shared: alpha 0.2, 0.4 x seed 0, 1 on 2 workers; then, in a
+  copy, the same in bf16: a 2-param grid (alpha x precision);
 - through a bare git repository and a local-folder DVC remote (the stand-ins for a cluster's shared
-  remotes): alpha 0.4 and -1, the worker of alpha 0.4 killed mid-run.
+  remotes): alpha 0.4 and -1, the worker of alpha 0.4 killed mid-run;
+- two runs of many epochs, Ctrl-C'd mid-training, then run again: they resume, and are archived.
 """
+import contextlib
 import json
 import os
 import re
@@ -17,23 +21,23 @@ from pathlib import Path
 
 import pytest
 
-from lenet_mixup.params import read_yaml
+from lenet_mixup.params import dump_yaml, read_yaml
 from tests.conftest import ROOT, Project, default_sigint, dvc_env, project_params
+from tools.runs import read_experiments
 from tools.sweep import SharedStages, apply, expand, plan, resources
-from tools.sweep_report import experiments
 
 GRID = ["-S", "mixup.alpha=0.2,0.4", "-S", "train.seed=0,1"]
-TIMING = ("train_seconds", "examples_per_sec")
+TIMING = ("train_seconds", "examples_per_sec", "workers")  # how fast, not what
 
 
 def env():
-    """Stage commands on one torch thread (as the sweep's runs with --threads 1), the sweep from this checkout,
-    and Ray on this machine's loopback alone, drivers too (a driver on the network address finds no node)."""
-    return {**dvc_env(), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    """The sweep from this checkout, and Ray on this machine's loopback alone, drivers too (a driver on the
+    network address finds no node). No thread settings: the results must not depend on them."""
+    return {**dvc_env(), "PYTHONPATH": str(ROOT), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def sweep(project, *args, tmpdir=None, **popen):
-    command = [sys.executable, "-m", "tools.sweep", *args, "--workers", "2", "--threads", "1",
+    command = [sys.executable, "-m", "tools.sweep", *args, "--workers", "2",
                *(["--tmpdir", str(tmpdir)] if tmpdir else [])]
     if popen:
         return subprocess.Popen(command, cwd=project.path, env=env(), text=True, stdout=subprocess.PIPE,
@@ -66,6 +70,31 @@ def shown(project):
             for rev in exp.get("revs") or []:
                 found[rev["name"]] = {path: m.get("data") for path, m in (rev["data"].get("metrics") or {}).items()}
     return found
+
+
+def by_alpha_seed(shown_json):
+    """{(alpha, seed): {variant: {"summary": ..., "evaluation": ...}}} of the experiments `dvc exp show` lists."""
+    found = {}
+    for r in read_experiments(shown_json)[0]:
+        found.setdefault((r.params["mixup.alpha"], r.params["train.seed"]), {})[r.variant] = r.files
+    return found
+
+
+def report(project, *args):
+    """`python -m tools.report ARGS` in the project; returns report.md (after a check that it succeeded)."""
+    result = subprocess.run([sys.executable, "-m", "tools.report", *args], cwd=project.path, env=env(),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = args[args.index("--out") + 1] if "--out" in args else project.path / "reports"
+    return (Path(project.path) / out / "report.md").read_text()
+
+
+def cell(text, section, row_start, header):
+    """The cell of a Markdown table: the table after heading `section`, the row that starts with
+    `row_start`, the column `header`."""
+    lines = [line for line in text.split(section, 1)[1].split("\n## ", 1)[0].splitlines() if line.startswith("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return next(r for r in rows if r[0] == row_start)[rows[0].index(header)]
 
 
 def without_timing(summary):
@@ -159,7 +188,7 @@ def test_four_runs_on_two_workers_come_back_as_experiments(local_sweep):
     project, out = local_sweep
     lines = finished_lines(out)
     assert sorted(lines) == ["alpha0.2-seed0", "alpha0.2-seed1", "alpha0.4-seed0", "alpha0.4-seed1"], out
-    assert "4 of 4 runs done" in out and "2 at a time, 1 torch thread, on local Ray on 127.0.0.1" in out
+    assert "4 of 4 runs done" in out and "2 at a time, 1 core each, on local Ray on 127.0.0.1" in out
     assert re.search(r"alpha0.4-seed1  mixup.alpha=0.4 train.seed=1  peak/final eval acc: "
                      r"baseline 0\.\d{4}/0\.\d{4}  mixup 0\.\d{4}/0\.\d{4}  \d+ s", lines["alpha0.4-seed1"])
     # Seed 1's baseline is trained by one run and restored from the shared run-cache by the other;
@@ -168,7 +197,7 @@ def test_four_runs_on_two_workers_come_back_as_experiments(local_sweep):
     assert all("train_mixup" in line for line in lines.values()), out
 
     shown = json.loads(project.dvc("exp", "show", "--json").stdout)
-    found = experiments(shown)
+    found = by_alpha_seed(shown)
     grid = [(0.2, 0), (0.2, 1), (0.4, 0), (0.4, 1)]
     assert set(grid) <= set(found)
     mixups = [json.dumps(found[key]["mixup"]["summary"], sort_keys=True) for key in grid]
@@ -180,25 +209,53 @@ def test_four_runs_on_two_workers_come_back_as_experiments(local_sweep):
     assert project.run("git", "status", "--porcelain").stdout == "", "the workspace is untouched"
 
 
-def test_a_run_of_the_sweep_equals_the_same_experiment_run_alone(local_sweep, finished_template, tmp_path):
+def run_alone(project, folder, variant, **values):
+    """One variant trained and evaluated with the project's params and `values` set, its stage scripts run
+    directly (no DVC, no cache: nothing restored, no thread settings); its results as results()."""
+    shutil.copytree(project.path / "data/prepared", folder / "data/prepared")
+    params = read_yaml(project.read("params.yaml"))
+    for key, value in values.items():
+        section, name = key.split(".")
+        params[section][name] = value
+    (folder / "params.yaml").write_text(dump_yaml(params))
+    for stage in ("train", "evaluate"):
+        done = subprocess.run([sys.executable, "-m", f"stages.{stage}", variant], cwd=folder, env=env(),
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+    metrics = folder / "metrics" / variant
+    return {"summary": without_timing(json.loads((metrics / "summary.json").read_text())),
+            "evaluation": json.loads((metrics / "evaluation.json").read_text())}
+
+
+def test_a_run_of_the_sweep_equals_the_same_dvc_exp_run(local_sweep, finished_template, tmp_path):
+    """The sweep's runs (two at a time, one core each) and `dvc exp run` alone (every core, nothing restored from
+    the sweep: a cache of its own) give the same bits: seed 1's baseline (trained by one of the sweep's runs,
+    restored by another) and alpha 0.4's mixup."""
     project, _ = local_sweep
-    alone = copy_project(finished_template, tmp_path / "alone")  # its own cache: nothing restored from the sweep
-    for name, overrides in [("alpha0.2-seed1", ["mixup.alpha=0.2", "train.seed=1"]),
-                            ("alpha0.4-seed0", ["mixup.alpha=0.4", "train.seed=0"])]:  # not the last run's seed
-        args = [a for o in overrides for a in ("-S", o)]
-        result = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-n", name, *args], cwd=alone.path,
-                                env=env(), capture_output=True, text=True)
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "Running stage 'train_mixup'" in result.stdout
-        assert results(alone, name) == results(project, name)
+    alone = copy_project(finished_template, tmp_path / "alone")
+    result = alone.dvc("exp", "run", "-n", "alpha0.4-seed1", "-S", "mixup.alpha=0.4", "-S", "train.seed=1")
+    assert "Running stage 'train_baseline'" in result.stdout and "Running stage 'train_mixup'" in result.stdout
+    assert results(alone, "alpha0.4-seed1") == results(project, "alpha0.4-seed1")
 
 
-def test_the_experiments_work_with_dvc_and_the_sweep_report(local_sweep, tmp_path):
+def test_the_experiments_work_with_dvc_and_the_report(local_sweep, tmp_path):
     project = copy_project(local_sweep[0], tmp_path / "project")
-    report = subprocess.run([sys.executable, "-m", "tools.sweep_report"], cwd=project.path, env=env(),
-                            capture_output=True, text=True)
-    assert report.returncode == 0, report.stderr
-    assert "alpha 0.2 | alpha 0.4" in project.read("reports/sweep.md") and "(n=2)" in project.read("reports/sweep.md")
+    (project.path / "study").mkdir()  # the default claims file, and a claim of the user's own
+    claims = (ROOT / "study/claims.yaml").read_text() + (
+        "  - {claim: alpha 0.4 beats 0.2, metric: final eval accuracy,\n"
+        "     configuration: {variant: mixup, mixup.alpha: 0.4}, against: {mixup.alpha: 0.2}}\n")
+    (project.path / "study/claims.yaml").write_text(claims)
+    text = report(project)
+    assert "its own row (HEAD) is not a point of their grid: not counted." in text  # HEAD: alpha 1.0
+    assert "6 results in 3 configurations; seeds (`train.seed`): 0, 1. Swept: `mixup.alpha` (0.2, 0.4)." in text
+    assert "2 more results were the same computation" in text  # each seed's baseline: once
+    claim = cell(text, "## Claims", "alpha 0.4 beats 0.2", "difference [95% CI]")
+    assert re.fullmatch(r"[-+]\d\.\d{4} \[[-+]\d\.\d{4}, [-+]\d\.\d{4}\] \(n=2\)", claim), claim
+    assert cell(text, "## Claims", "alpha 0.4 beats 0.2", "verdict").strip("*") in ("supported", "contradicted",
+                                                                                    "not shown")
+    against = cell(text, "## Against `variant=baseline`", "final eval accuracy", "mixup alpha=0.4 - baseline")
+    assert against.endswith("(n=2)") and " [" in against
+    assert (project.path / "reports/report.png").read_bytes()[:4] == b"\x89PNG"
     diff = project.dvc("metrics", "diff", "alpha0.2-seed0", "alpha0.4-seed1").stdout
     assert "metrics/mixup/summary.json" in diff and "final_eval_acc" in diff
     plots = project.dvc("plots", "diff", "alpha0.2-seed0", "alpha0.4-seed1", "-o", str(tmp_path / "plots"))
@@ -208,6 +265,15 @@ def test_the_experiments_work_with_dvc_and_the_sweep_report(local_sweep, tmp_pat
     summary = shown(project)["alpha0.4-seed1"]["metrics/mixup/summary.json"]
     assert json.loads(project.read("metrics/mixup/summary.json")) == summary
     assert project.dvc("status").stdout.strip() == "Data and pipelines are up to date."  # outputs came back too
+
+
+def test_without_the_baseline_the_grids_first_alpha_is_the_reference(local_sweep, tmp_path):
+    project, _ = local_sweep
+    text = report(project, "--variant", "mixup", "--claims", str(ROOT / "study/claims.yaml"), "--out",
+                  str(tmp_path))
+    assert "4 results in 2 configurations" in text and "## Against `mixup.alpha=0.2`" in text
+    against = cell(text, "## Against", "peak eval accuracy", "mixup alpha=0.4 - mixup alpha=0.2")
+    assert re.fullmatch(r"[-+]\d\.\d{4} \[[-+]\d\.\d{4}, [-+]\d\.\d{4}\] \(n=2\)", against), against
 
 
 def test_the_same_sweep_again_skips_every_run_done(local_sweep):
@@ -229,27 +295,6 @@ def test_a_dirty_pipeline_is_refused_and_the_grid_checked(local_sweep, tmp_path)
     assert result.returncode == 1 and "error: -S mixup.alhpa: params.yaml has no such key" in result.stderr
 
 
-def test_ctrl_c_stops_every_run_and_leaves_the_workspace_untouched(local_sweep, tmp_path):
-    project, _ = local_sweep
-    refs = project.run("git", "for-each-ref", "refs/exps").stdout
-    temp = tmp_path / "runs"
-    temp.mkdir()
-    proc = sweep(project, "-S", "mixup.alpha=0.7,0.8", tmpdir=temp, start_new_session=True,
-                 preexec_fn=default_sigint)
-    deadline = time.time() + 300
-    while not any("stages." in cmd and cwd.startswith(str(temp)) for cmd, cwd in processes().values()):
-        assert proc.poll() is None and time.time() < deadline, "no stage started"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: the whole foreground process group
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out + err
-    assert "interrupted: stopping 2 runs" in err
-    assert list(temp.iterdir()) == [], "the runs' temp folders are removed"
-    assert not [cmd for cmd, cwd in processes().values() if cwd.startswith(str(temp))], "no process left behind"
-    assert project.run("git", "for-each-ref", "refs/exps").stdout == refs
-    assert project.run("git", "status", "--porcelain").stdout == ""
-
-
 def kill_worker_while_a_stage_runs(name, temp):
     """SIGKILL the Ray worker of run `name` if one of its stages runs now; return the worker's pid.
 
@@ -266,21 +311,29 @@ def kill_worker_while_a_stage_runs(name, temp):
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A Ray cluster started as the README's Cluster section starts one (`ray start --head`), on loopback
-    only; the sweep finds it with `--address auto`."""
+    only; the sweep finds it with `--address auto`. `ray start` runs in a session of its own, so every
+    daemon it starts is in its process group, and the end stops exactly those: `ray stop` would stop
+    every Ray on this machine, a sweep its user is running too."""
     import socket
     with socket.socket() as probe:  # a free port: with --port=0 a driver's `--address auto` finds no GCS
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     ray = str(Path(sys.executable).parent / "ray")
-    loopback = env()
-    started = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                              "--include-dashboard=false", "--disable-usage-stats"], env=loopback,
-                             capture_output=True, text=True, timeout=300)
-    if started.returncode != 0:
-        subprocess.run([ray, "stop", "--force"], env=loopback, capture_output=True, timeout=300)
-        pytest.fail(f"`ray start --head` failed:\n{started.stdout[-2000:]}\n{started.stderr[-2000:]}")
+    start = subprocess.Popen([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                              "--include-dashboard=false", "--disable-usage-stats"], env=env(), text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    output = start.communicate(timeout=300)[0]
+
+    def stop():
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(start.pid, sig)
+            time.sleep(1)
+    if start.returncode != 0:
+        stop()
+        pytest.fail(f"`ray start --head` failed:\n{output[-3000:]}")
     yield
-    subprocess.run([ray, "stop", "--force"], env=loopback, capture_output=True, timeout=300)
+    stop()
 
 
 @pytest.fixture(scope="module")
@@ -313,7 +366,8 @@ def test_a_killed_worker_is_retried_and_its_run_completes(remote_sweep, local_sw
     line = finished_lines(out)["alpha0.4"]
     assert "FAILED" not in line and "train_mixup" in line, out + err
     assert results(project, "alpha0.4") == results(local_sweep[0], "alpha0.4-seed0")  # as if nothing happened
-    assert [p.name for p in (base / "runs").iterdir()] == ["lenet-mixup-sweep-cache"], "temp folders removed"
+    assert sorted(p.name for p in (base / "runs").iterdir()) == ["lenet-mixup-sweep-cache", "lenet-mixup-sweep-resume"]
+    assert list((base / "runs/lenet-mixup-sweep-resume").iterdir()) == [], "temp and resume folders removed"
 
 
 def test_a_run_with_bad_params_is_reported_and_the_others_complete(remote_sweep):
@@ -341,8 +395,124 @@ def test_a_fresh_clone_pulls_every_experiment_from_the_remotes(remote_sweep, tmp
     clone = Project(tmp_path / "clone")
     subprocess.run(["git", "clone", "-q", "-b", "main", str(base / "origin.git"), str(clone.path)], check=True)
     clone.dvc("exp", "pull", "origin", "--rev", "HEAD")
-    found = experiments(json.loads(clone.dvc("exp", "show", "--json").stdout))
+    found = by_alpha_seed(json.loads(clone.dvc("exp", "show", "--json").stdout))
     assert found[(0.4, 0)]["mixup"]["summary"] == shown(project)["alpha0.4"]["metrics/mixup/summary.json"]
     clone.dvc("exp", "apply", "alpha0.4")
     assert (clone.path / "models/mixup/final.pt").is_file() and (clone.path / "data/prepared/train_x.npy").is_file()
     assert clone.dvc("status").stdout.strip() == "Data and pipelines are up to date."
+
+
+@pytest.fixture(scope="module")
+def alpha_precision_sweep(tmp_path_factory, local_sweep, ray_cluster):
+    """Alpha 0.4 of the local sweep again in bf16, in a copy: with the fp32 runs, a grid of alpha x precision.
+    On the module's Ray cluster (no Ray of its own to start)."""
+    project = copy_project(local_sweep[0], tmp_path_factory.mktemp("bf16") / "project")
+    result = sweep(project, "--address", "auto", "-S", "mixup.alpha=0.4", "-S", "train.precision=bf16", "-S",
+                   "train.seed=0,1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return project, result.stdout
+
+
+def test_a_two_param_grid_gives_intervals_within_each_precision(alpha_precision_sweep, tmp_path):
+    project, out = alpha_precision_sweep
+    # bf16 retrains the baseline (it reads train.precision), once per seed; alpha does not touch it.
+    assert sum("train_baseline" in line for line in finished_lines(out).values()) == 2, out
+    text = report(project, "--claims", str(ROOT / "study/claims.yaml"), "--reference", "variant=baseline",
+                  "--reference", "train.precision=fp32", "--out", str(tmp_path))
+    assert "10 results in 5 configurations" in text and "2 more results were the same computation" in text
+    assert "Swept: `train.precision` (fp32, bf16), `mixup.alpha` (0.2, 0.4)." in text
+    interval = r"[-+]\d\.\d{4} \[[-+]\d\.\d{4}, [-+]\d\.\d{4}\] \(n=2\)"
+    for section, header in [
+            ("## Against `variant=baseline`", "mixup precision=bf16 alpha=0.4 - baseline precision=bf16"),
+            ("## Against `train.precision=fp32`", "baseline precision=bf16 - baseline precision=fp32"),
+            ("## Against `train.precision=fp32`", "mixup precision=bf16 alpha=0.4 - mixup precision=fp32 alpha=0.4")]:
+        assert re.fullmatch(interval, cell(text, section, "final eval accuracy", header)), (section, header)
+
+
+def test_the_archive_from_a_fresh_clone_gives_the_experiments_report(alpha_precision_sweep, tmp_path):
+    """Export every experiment, commit; a clone (no experiment refs, no DVC cache) reports the same."""
+    project = copy_project(alpha_precision_sweep[0], tmp_path / "project")
+    claims = str(ROOT / "study/claims.yaml")
+    from_experiments = report(project, "--claims", claims, "--out", str(tmp_path / "experiments"))
+    exported = subprocess.run([sys.executable, "-m", "tools.export", "--to", "runs"], cwd=project.path, env=env(),
+                              capture_output=True, text=True)
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stdout.count(" (committed)") == 6 and "alpha0.4-precisionbf16-seed1 -> runs/" in exported.stdout
+    log = project.run("git", "log", "-6", "--name-only", "--format=%s").stdout
+    assert log.count("Run alpha") == 6 and {line.split("/")[0] for line in log.splitlines() if "/" in line} == {"runs"}
+    run_dir = project.path / "runs/alpha0.4-precisionbf16-seed0"
+    assert sorted(p.name for p in (run_dir / "mixup").iterdir()) == ["epochs.tsv", "evaluation.json", "fgsm.tsv",
+                                                                     "reliability.tsv", "summary.json"]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["threads"] == 1 and info["code_commit"] == project.run("git", "rev-parse", "HEAD~6").stdout.strip()
+    clone = Project(tmp_path / "clone")
+    subprocess.run(["git", "clone", "-q", str(project.path), str(clone.path)], check=True)
+    assert clone.run("git", "for-each-ref", "refs/exps").stdout == ""
+    from_archive = report(clone, "--archive", "runs", "--claims", claims, "--out", str(tmp_path / "archive"))
+    body = [text.split("\n", 3)[3].split("## Provenance")[0] for text in (from_experiments, from_archive)]
+    assert body[0] == body[1], "the archive's report differs from the experiments'"
+    assert (tmp_path / "archive/report.png").read_bytes() == (tmp_path / "experiments/report.png").read_bytes()
+    assert "- threads: `1` (6 runs)" in from_archive
+
+
+@pytest.fixture(scope="module")
+def resumed_sweep(tmp_path_factory, finished_template, ray_cluster):
+    """Two runs of many epochs, Ctrl-C'd as soon as a training stage has saved a resume state (the state of
+    things then recorded), then the same sweep again, with --archive; on the module's Ray cluster."""
+    base = tmp_path_factory.mktemp("resume")
+    project, temp = copy_project(finished_template, base / "project"), base / "runs"
+    temp.mkdir()
+    grid = ["--address", "auto", "-S", "train.epochs=30", "-S", "train.seed=0,1", "--archive", "runs"]
+    states = project.path / ".dvc/tmp/sweep/resume"
+    refs = project.run("git", "for-each-ref", "refs/exps").stdout
+    proc = sweep(project, *grid, tmpdir=temp, start_new_session=True, preexec_fn=default_sigint)
+    deadline = time.time() + 300
+    while not list(states.glob("*/*.pt")):
+        assert proc.poll() is None and time.time() < deadline, f"no resume state: {proc.communicate()}"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: the whole foreground process group
+    out, err = proc.communicate(timeout=120)
+    interrupted = {"code": proc.returncode, "err": err, "temp": list(temp.iterdir()),
+                   "left": [cmd for cmd, cwd in processes().values() if cwd.startswith(str(temp))],
+                   "refs": project.run("git", "for-each-ref", "refs/exps").stdout == refs,
+                   "status": project.run("git", "status", "--porcelain").stdout,
+                   "saved": {p.parent.name: p.stem for p in states.glob("*/*.pt")}}
+    again = sweep(project, *grid)
+    assert again.returncode == 0, again.stdout + again.stderr
+    return project, interrupted, again.stdout
+
+
+def test_ctrl_c_stops_every_run_and_leaves_the_workspace_untouched(resumed_sweep):
+    _, interrupted, _ = resumed_sweep
+    assert interrupted["code"] == 130, interrupted["err"]
+    assert "interrupted: stopping 2 runs" in interrupted["err"]
+    assert interrupted["temp"] == [], "the runs' temp folders are removed"
+    assert interrupted["left"] == [], "no process left behind"
+    assert interrupted["refs"] and interrupted["status"] == "", "no experiment, no change to the workspace"
+    assert interrupted["saved"], "the resume states outlive the runs' clones"
+
+
+def test_an_interrupted_run_resumes_and_equals_an_uninterrupted_one(resumed_sweep, tmp_path):
+    project, interrupted, _ = resumed_sweep
+    name, variant = next(iter(interrupted["saved"].items()))
+    log = (project.path / f".dvc/tmp/sweep/{name}.log").read_text()
+    resumed = re.search(rf"^resuming {variant} after epoch (\d+) from data/resume/{variant}\.pt$", log, re.M)
+    assert resumed and 1 <= int(resumed.group(1)) < 30, log[-3000:]
+    assert list((project.path / ".dvc/tmp/sweep/resume").iterdir()) == [], "removed once the runs succeeded"
+    archived = project.path / "runs" / name / variant
+    alone = run_alone(project, tmp_path / "alone", variant, **{"train.epochs": 30,
+                                                               "train.seed": int(name.rsplit("seed", 1)[1])})
+    assert without_timing(json.loads((archived / "summary.json").read_text())) == alone["summary"]
+    assert json.loads((archived / "evaluation.json").read_text()) == alone["evaluation"]
+
+
+def test_a_run_is_archived_and_committed_as_it_finishes_and_then_done(resumed_sweep):
+    project, _, out = resumed_sweep
+    assert "committed to runs/epochs30-seed0" in out and "committed to runs/epochs30-seed1" in out
+    for name in ("epochs30-seed0", "epochs30-seed1"):
+        log = project.run("git", "log", "-1", "--name-only", "--format=%s", "--", f"runs/{name}").stdout.split()
+        assert log[:3] == ["Run", f"{name}:", "final"] and all(p.startswith(f"runs/{name}/") for p in log if "/" in p)
+    assert project.run("git", "status", "--porcelain").stdout == ""
+    again = sweep(project, "-S", "train.epochs=30", "-S", "train.seed=0,1", "--archive", "runs")
+    assert again.returncode == 0 and "2 runs, 2 already done, 0 to run" in again.stdout, again.stdout + again.stderr
+    assert "done already: runs/epochs30-seed0" in again.stdout  # HEAD moved on: the archive says they are done

@@ -1,15 +1,19 @@
 """A sweep as DVC experiments, run in parallel on Ray: every core or GPU of this machine, or a cluster.
 
     python -m tools.sweep -S 'mixup.alpha=0.2,0.4,1.0' -S 'train.seed=0,1,2' [--workers N] [--threads N]
-                          [--address ADDR] [--remote GIT_REMOTE [--dvc-remote NAME]] [--dry]
+                          [--address ADDR] [--remote GIT_REMOTE [--dvc-remote NAME]] [--archive DIR] [--dry]
     make sweep ARGS="-S 'mixup.alpha=0.2,0.4,1.0' -S 'train.seed=0,1,2'"
 
 `-S` takes what `dvc exp run -S` takes (comma lists and range() are crossed; DVC's own parser expands
 them). Each combination runs as `dvc exp run -n NAME -S ...` of the current commit (HEAD) in a clone
 of its own on a Ray worker (tools/sweep_worker.py), and comes back as an experiment of HEAD: after
 the sweep, here, `dvc exp show` lists every run, and `dvc exp apply`, `dvc metrics diff`, `dvc plots
-diff` and `python -m tools.sweep_report` work on them. A run whose params match an experiment of HEAD
-already here is skipped, so starting the same sweep again runs only what is missing.
+diff` and `python -m tools.report` work on them. A run whose params match an experiment of HEAD
+already here (or, with --archive, a run of the archive from the same pipeline code) is skipped, so
+starting the same sweep again runs only what is missing.
+
+--archive DIR: each run, as it finishes, is exported to DIR/<name>/ and committed alone (tools/export.py):
+a sweep cut off half-way loses nothing. (HEAD moves on; the experiments stay the sweep's commit's.)
 
 Where the data lives:
   one machine (default)  every run clones this repository and uses this workspace's DVC cache, its
@@ -22,12 +26,16 @@ Where the data lives:
                          each one here as it finishes (`dvc exp pull`). HEAD must be pushed to the git
                          remote; its DVC data and run-cache are pushed for you.
 Ray: a local Ray on 127.0.0.1 unless --address or RAY_ADDRESS names a cluster. One GPU per run where
-the cluster has GPUs (Ray sets CUDA_VISIBLE_DEVICES); `--threads` torch threads per run (OMP_NUM_THREADS)
+the cluster has GPUs (Ray sets CUDA_VISIBLE_DEVICES); `--threads` cores per run (OMP_NUM_THREADS: the workers its
+training and evaluation spread their fixed pieces over; it changes the speed, never the results)
 and as many Ray CPUs, so concurrent runs never oversubscribe the cores. Two runs that would compute
 the same stage (e.g. the baseline of a seed neither has trained) run one after the other, so the
 second restores it from the run-cache: an alpha-only sweep never trains the baseline again.
 A failed run is reported with its error and log tail (full logs in .dvc/tmp/sweep/); the others go
-on. A run whose worker dies is retried. Ctrl-C stops every run and removes their temp folders.
+on. A run whose worker dies is retried. Ctrl-C stops every run and removes their temp folders. A run
+interrupted mid-training resumes after its last complete epoch when it runs again (Ray's retry, the
+sweep started again): its clone's data/resume/ is a link to .dvc/tmp/sweep/resume/<name>/ (--remote:
+under the node's temp folder), kept until the run succeeds.
 """
 import argparse
 import copy
@@ -46,15 +54,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lenet_mixup import paths
 from lenet_mixup.params import read_yaml
 from lenet_mixup.stage import UserError, run
-from tools import sweep_worker
+from tools import export, runs, sweep_worker
+from tools.runs import PARAMS_FILE, dvc, flatten, git, last_line
 
-PARAMS_FILE = "params.yaml"
 LINK_TYPES = "reflink,hardlink,symlink"  # never copy: no run holds its own copy of the data
 LOGS = Path(".dvc/tmp/sweep")
 NODE_CACHE = "lenet-mixup-sweep-cache"  # under each node's temp folder, for --remote sweeps
+NODE_RESUME = "lenet-mixup-sweep-resume"  # the same, for the runs' resume states
 
 
 @dataclass
@@ -63,28 +71,6 @@ class Run:
     overrides: list  # as `dvc exp run -S` takes them, e.g. "mixup.alpha=0.2"
     values: dict  # the same, parsed: {"mixup.alpha": 0.2}
     needs: set = field(default_factory=set)  # (stage, swept values it depends on): see SharedStages
-
-
-def git(*args, cwd=None, check=True):
-    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise UserError(f"`git {' '.join(args)}` failed: {last_line(result.stderr)}")
-    return result.stdout.strip()
-
-
-def dvc(*args, cwd=None, check=True):
-    """A DVC command in this interpreter's environment; its output captured, Ctrl-C kept from it."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True,
-                            text=True, start_new_session=True)
-    if check and result.returncode != 0:
-        raise UserError(f"`dvc {' '.join(args)}` failed: {last_line(result.stderr or result.stdout)}")
-    return result
-
-
-def last_line(text):
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
 
 
 def parse_override(text):
@@ -110,7 +96,7 @@ def expand(set_params, params):
         combinations = [c[PARAMS_FILE] for c in get_hydra_sweeps({PARAMS_FILE: overrides})]
     except Exception as e:  # Hydra's grammar errors: one line is enough
         raise UserError(f"-S: {' '.join(str(e).split())}") from None
-    runs = []
+    grid = []
     for combination in combinations:
         values = dict(parse_override(text) for text in combination)
         for key in values:
@@ -118,8 +104,8 @@ def expand(set_params, params):
             if not isinstance(params.get(section), dict) or name not in params[section]:
                 raise UserError(f"-S {key}: {PARAMS_FILE} has no such key; keys: "
                                 + ", ".join(f"{s}.{k}" for s, v in params.items() for k in v))
-        runs.append(Run(name="", overrides=combination, values=values))
-    return runs
+        grid.append(Run(name="", overrides=combination, values=values))
+    return grid
 
 
 def apply(params, values):
@@ -140,52 +126,31 @@ def run_name(values):
     return text or "run"
 
 
-def experiments(commit):
-    """{name: params} of every experiment of `commit` in this repository."""
-    prefix = f"refs/exps/{commit[:2]}/{commit[2:]}/"
-    found = {}
-    for ref in git("for-each-ref", "--format=%(refname)", prefix).splitlines():
-        shown = subprocess.run(["git", "show", f"{ref}:{PARAMS_FILE}"], capture_output=True, text=True)
-        if shown.returncode == 0:
-            found[ref[len(prefix):]] = read_yaml(shown.stdout)
+def archived(archive, dvc_yaml):
+    """{folder: params} of the archive's runs made by HEAD's pipeline code (dvc.yaml and what its stages
+    depend on unchanged since their code commit): runs done."""
+    same_code, found = {}, {}
+    for result in runs.read_archive(archive) if Path(archive).is_dir() else []:
+        commit = result.info.get("code_commit") or "unknown"
+        if commit not in same_code:
+            same_code[commit] = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *code_paths(dvc_yaml)],
+                                               capture_output=True).returncode == 0
+        if same_code[commit]:
+            found[f"{archive}/{result.run}"] = result.params
     return found
 
 
-def read_output(commit, path, cache):
-    """A file as commit `commit` (an experiment's) holds it: from git if git tracks it, else from DVC's
-    cache, found by its md5 in the commit's dvc.lock. None if neither has it."""
-    shown = subprocess.run(["git", "show", f"{commit}:{path}"], capture_output=True, text=True)
-    if shown.returncode == 0:
-        return shown.stdout
-    lock = read_yaml(git("show", f"{commit}:dvc.lock", check=False) or "{}") or {}
-    for stage in (lock.get("stages") or {}).values():
-        for out in stage.get("outs") or []:
-            if out.get("path") == path and in_cache(cache, out.get("md5")):
-                return cache_file(cache, out["md5"]).read_text()
-    return None
-
-
-def summaries(commit, cache):
-    """{variant: summary.json} of an experiment, for the variants whose summary can be read."""
-    found = {}
-    for variant in paths.VARIANTS:
-        text = read_output(commit, str(paths.summary_json(variant)), cache)
-        if text:
-            found[variant] = json.loads(text)
-    return found
-
-
-def plan(runs, head_params, existing):
-    """Split the grid into runs to do and runs already done (an experiment with the same params);
-    give each run to do a name no experiment of this commit has."""
+def plan(grid, head_params, existing):
+    """Split the grid into runs to do and runs already done (an experiment, or an archived run, with the
+    same params); give each run to do a name no experiment of this commit has."""
     todo, done = [], []
     taken, seen = set(existing), set()
-    for r in runs:
+    for r in grid:
         if tuple(r.overrides) in seen:  # the same combination twice in the grid
             continue
         seen.add(tuple(r.overrides))
         expected = apply(head_params, r.values)
-        match = next((name for name, params in existing.items() if params == expected), None)
+        match = next((name for name, params in existing.items() if flatten(params) == flatten(expected)), None)
         if match:
             r.name = match
             done.append(r)
@@ -211,27 +176,13 @@ class SharedStages:
     """
 
     def __init__(self, dvc_yaml, lock, head_params, swept, cache):
-        stages = {n: s for n, s in (dvc_yaml.get("stages") or {}).items() if isinstance(s, dict) and "cmd" in s}
-        outs = {n: stage_outputs(s) for n, s in stages.items()}
-        upstream = {n: {m for m in stages for dep in s.get("deps") or [] for out, _ in outs[m]
-                        if m != n and (dep == out or dep.startswith(out.rstrip("/") + "/"))}
-                    for n, s in stages.items()}
-        reads = {n: {p for entry in s.get("params") or [] for p in param_keys(entry)} for n, s in stages.items()}
-        self.keys = {}  # stage -> the swept keys it depends on, directly or through a stage upstream
-        for name in stages:
-            seen, stack, params = set(), [name], set()
-            while stack:
-                stage = stack.pop()
-                if stage not in seen:
-                    seen.add(stage)
-                    params |= reads[stage]
-                    stack.extend(upstream[stage])
-            self.keys[name] = sorted(k for k in swept if any(k == p or k.startswith(p + ".") or
-                                                             p.startswith(k + ".") for p in params))
+        self.keys = {name: sorted(k for k in swept if runs.depends(k, params))  # the swept keys each stage depends on
+                     for name, params in runs.stage_params(dvc_yaml).items()}
+        outs = {n: runs.stage_outputs(s) for n, s in runs.pipeline_stages(dvc_yaml).items()}
         uncached = {path for stage_outs in outs.values() for path, cached in stage_outs if not cached}
         # HEAD's stages whose outputs the cache holds: a run restores them instead of running them
         self.locked = {name for name, stage in ((lock or {}).get("stages") or {}).items()
-                       if all(out["path"] in uncached or in_cache(cache, out.get("md5"))
+                       if all(out["path"] in uncached or runs.in_cache(cache, out.get("md5"))
                               for out in stage.get("outs") or [])}
         self.head = head_params
         self.done = set()
@@ -241,7 +192,7 @@ class SharedStages:
         needs = set()
         for stage, keys in self.keys.items():
             values = tuple((k, json.dumps(run.values[k])) for k in keys)
-            at_head = all(run.values[k] == dotted(self.head, k) for k in keys)
+            at_head = all(run.values[k] == flatten(self.head).get(k) for k in keys)
             if not (at_head and stage in self.locked):
                 needs.add((stage, values))
         return needs
@@ -251,44 +202,16 @@ class SharedStages:
         return not ((run.needs - self.done) & busy)
 
 
-def cache_file(cache, md5):
-    """Where DVC's cache (3.x layout) keeps the object `md5` (a folder's ends with .dir)."""
-    return Path(cache) / "files" / "md5" / md5[:2] / md5[2:]
-
-
-def in_cache(cache, md5):
-    return bool(md5) and cache_file(cache, md5).is_file()
-
-
-def stage_outputs(stage):
-    """[(path, cached by DVC)] of a dvc.yaml stage's outs, metrics and plots."""
-    found = []
-    for kind in ("outs", "metrics", "plots"):
-        for entry in stage.get(kind) or []:
-            path, options = next(iter(entry.items())) if isinstance(entry, dict) else (entry, None)
-            found.append((path, (options or {}).get("cache", True) is not False))
-    return found
-
-
-def param_keys(entry):
-    if isinstance(entry, dict):  # {params-file: [keys]}
-        return [k for keys in entry.values() for k in (keys or [])]
-    return [entry]
-
-
-def dotted(params, key):
-    node = params
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
+def code_paths(dvc_yaml):
+    """dvc.yaml and what its stages depend on: the same code and params give the same results."""
+    return {"dvc.yaml", *(d for s in runs.pipeline_stages(dvc_yaml).values() for d in s.get("deps") or []
+                          if isinstance(d, str))}
 
 
 def check_workspace(commit, dvc_yaml):
     """Refuse uncommitted changes to anything the pipeline reads: the runs would not see them."""
     changed = git("diff", "--name-only", "HEAD").splitlines()
-    pipeline = {"dvc.yaml", "dvc.lock", PARAMS_FILE, ".dvc/config", ".dvcignore"}
-    for stage in (dvc_yaml.get("stages") or {}).values():
-        pipeline.update(d for d in (stage.get("deps") or []) if isinstance(d, str))
+    pipeline = code_paths(dvc_yaml) | {"dvc.lock", PARAMS_FILE, ".dvc/config", ".dvcignore"}
     dirty = [p for p in changed if any(p == q or p.startswith(q.rstrip("/") + "/") for q in pipeline)]
     if dirty:
         raise UserError(f"uncommitted changes to {', '.join(dirty)}: every run is a clone of commit {commit[:7]} "
@@ -391,8 +314,9 @@ def describe(run, result):
     accuracy = "  ".join(f"{v} {m['peak_eval_acc']:.4f}/{m['final_eval_acc']:.4f}"
                          for v, m in result["metrics"].items()) or "(no summary.json to read)"
     ran = ", ".join(result["ran"]) or "nothing (all restored)"
+    archived = f"; committed to {result['archived']}" if result.get("archived") else ""
     return (f"{run.name}  {params}  peak/final eval acc: {accuracy}  {result['seconds']:.0f} s  "
-            f"(ran: {ran})")
+            f"(ran: {ran}{archived})")
 
 
 class Sweep:
@@ -413,7 +337,8 @@ class Sweep:
                 return
             if self.shared.may_start(r, list(self.running.values())):
                 self.todo.remove(r)
-                spec = {**self.spec, "name": r.name, "overrides": r.overrides, "threads": self.threads}
+                spec = {**self.spec, "name": r.name, "overrides": r.overrides, "threads": self.threads,
+                        "resume_dir": os.path.join(self.spec["resume_root"], r.name)}
                 self.running[self.task.remote(spec)] = r
 
     def collect(self, ref):
@@ -431,9 +356,18 @@ class Sweep:
                     dvc("exp", "pull", "-r", self.spec["dvc_remote"], self.args.remote, r.name)
             except UserError as e:
                 result.update(ok=False, error=f"ran, but could not be pulled here: {e}")
+        ref = f"refs/exps/{self.spec['commit'][:2]}/{self.spec['commit'][2:]}/{r.name}"
         if result["ok"]:  # the experiment is here now: its ref in git, its outputs in the cache
-            ref = f"refs/exps/{self.spec['commit'][:2]}/{self.spec['commit'][2:]}/{r.name}"
-            result["metrics"] = summaries(ref, self.cache)
+            result["metrics"] = runs.summaries(ref, self.cache)
+        if result["ok"] and self.args.archive:
+            try:
+                with signals_deferred():
+                    folder = export.export(r.name, ref, self.args.archive, self.cache, result["host"], self.threads)
+                    if folder is not None:
+                        export.commit(folder)
+                        result["archived"] = folder
+            except UserError as e:
+                result.update(ok=False, error=f"ran, but could not be archived: {e}")
         LOGS.mkdir(parents=True, exist_ok=True)
         (LOGS / f"{r.name}.log").write_text(result.get("log", ""))
         self.finished += 1
@@ -483,7 +417,8 @@ def parse_args():
                         metavar="KEY=VALUES", help="as `dvc exp run -S`: comma lists and range() are crossed")
     parser.add_argument("--workers", type=int, help="runs at a time (default: the cluster's GPUs / --gpus-per-run, "
                                                     "or its CPUs / --threads without GPUs)")
-    parser.add_argument("--threads", type=int, help="torch threads (and Ray CPUs) per run (default: CPUs / workers)")
+    parser.add_argument("--threads", type=int, help="cores (and Ray CPUs) per run: the speed, never the results "
+                                                    "(default: CPUs / workers)")
     parser.add_argument("--gpus-per-run", type=float, help="Ray GPUs per run (default 1 where the cluster has GPUs; "
                                                            "0.5 puts two runs on one GPU)")
     parser.add_argument("--address", help="a Ray cluster (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
@@ -493,6 +428,8 @@ def parse_args():
     parser.add_argument("--tmpdir", help="where each node makes the runs' temp clones (default: its temp folder)")
     parser.add_argument("--node-cache", help=f"with --remote: the DVC cache the runs on a node share "
                                              f"(default: <temp folder>/{NODE_CACHE})")
+    parser.add_argument("--archive", type=Path, metavar="DIR", help="export each run as it finishes to DIR and "
+                        "commit it (tools/export.py); a run DIR holds from the same code counts as done")
     parser.add_argument("--retries", type=int, default=2, help="retries of a run whose worker died (default 2)")
     parser.add_argument("--dry", action="store_true", help="print the plan and stop")
     args = parser.parse_args()
@@ -503,19 +440,20 @@ def parse_args():
 
 def run_spec(args, root, commit, cache):
     """What every run needs to know, and a line saying where its data comes from and goes."""
+    node_tmp = args.tmpdir or tempfile.gettempdir()
     spec = {"commit": commit, "git_identity": git_identity(), "link_types": LINK_TYPES, "tmpdir": args.tmpdir,
             "worker_source": Path(sweep_worker.__file__).read_text(),
             "temp_prefix": f"lenet-sweep-{secrets.token_hex(3)}-"}
     if args.remote:
         git_url, dvc_remote, dvc_url = (None, None, None) if args.dry else \
             remote_setup(args.remote, args.dvc_remote, commit)
-        node_cache = args.node_cache or os.path.join(args.tmpdir or tempfile.gettempdir(), NODE_CACHE)
+        node_cache = args.node_cache or os.path.join(node_tmp, NODE_CACHE)
         spec.update(mode="remote", git_source=git_url, dvc_remote=dvc_remote, dvc_remote_url=dvc_url,
-                    cache_dir=node_cache)
+                    cache_dir=node_cache, resume_root=os.path.join(node_tmp, NODE_RESUME))
         return spec, f"git remote '{args.remote}' and DVC remote '{dvc_remote}', node cache {node_cache}"
     if args.address or os.environ.get("RAY_ADDRESS"):
         print(f"note: without --remote every Ray node must see {root} (a shared file system)", flush=True)
-    spec.update(mode="local", git_source=root, cache_dir=str(cache))
+    spec.update(mode="local", git_source=root, cache_dir=str(cache), resume_root=str(Path(root) / LOGS / "resume"))
     return spec, f"this repository and its DVC cache {cache} ({LINK_TYPES.replace(',', ', ')})"
 
 
@@ -527,7 +465,7 @@ def execute(args, todo, shared, spec, where, cache):
         workers, threads, gpus_per_run = resources(ray, args.workers, args.threads, args.gpus_per_run)
         ray_where = "local Ray on 127.0.0.1" if started else f"Ray at {args.address or os.environ['RAY_ADDRESS']}"
         gpu_text = f", {gpus_per_run:g} GPU each" if gpus_per_run else ""
-        print(f"{workers} at a time, {threads} torch thread{'s' * (threads > 1)}{gpu_text}, on {ray_where}; "
+        print(f"{workers} at a time, {threads} core{'s' * (threads > 1)} each{gpu_text}, on {ray_where}; "
               f"data: {where}", flush=True)
         sweep = Sweep(args, todo, shared, spec, ray, threads, gpus_per_run, cache)
         sweep.run(workers)
@@ -558,13 +496,14 @@ def main():
     lock_text = git("show", f"{commit}:dvc.lock", check=False)
     head_params = read_yaml(git("show", f"{commit}:{PARAMS_FILE}"))
     check_workspace(commit, dvc_yaml)
-    runs = expand(args.set_params, head_params)
-    cache = (Path(root) / dvc("cache", "dir").stdout.strip()).resolve()
+    grid = expand(args.set_params, head_params)
+    cache = runs.cache_dir()
     spec, where = run_spec(args, root, commit, cache)
 
-    todo, done = plan(runs, head_params, experiments(commit))
+    done_already = runs.experiment_params(commit) | (archived(args.archive, dvc_yaml) if args.archive else {})
+    todo, done = plan(grid, head_params, done_already)
     shared = SharedStages(dvc_yaml, read_yaml(lock_text) if lock_text else None, head_params,
-                          sorted({k for r in runs for k in r.values}), cache)
+                          sorted({k for r in grid for k in r.values}), cache)
     for r in todo:
         r.needs = shared.needs(r)
     total = len(todo) + len(done)

@@ -8,11 +8,14 @@ project's requirements, not a checkout of the project) that:
 2. points DVC at a cache shared by every run on the node (`cache.dir`, files linked into the clone,
    never copied): on one machine the workspace's own cache, across machines a node cache fed from
    the DVC remote (`dvc fetch --run-cache` first, so a stage any earlier run pushed is restored);
-3. runs `dvc exp run -n NAME -S ...` there, torch limited to the task's threads;
-4. sends the experiment back: on one machine `git push` of its ref into the workspace (its outputs
+3. links data/resume, where the training stages keep their per-epoch resume state, to the run's
+   resume folder outside the clone, so that the run resumes if it runs again after an interruption;
+4. runs `dvc exp run -n NAME -S ...` there, torch limited to the task's threads;
+5. sends the experiment back: on one machine `git push` of its ref into the workspace (its outputs
    are already in the shared cache); across machines `dvc exp push --run-cache` to the git and DVC
    remotes, from which the driver pulls it;
-5. removes the temp folder, whatever happened.
+6. removes the temp folder, whatever happened, and the resume folder when the run succeeded or left
+   nothing in it.
 
 The supervisor watches the Ray worker that started it: when Ray kills the worker (Ctrl-C, a
 cancelled task) or the worker dies, the supervisor kills the commands it started and removes its
@@ -122,6 +125,9 @@ class Supervisor:
             self.command("git", "config", key, value)
         self.dvc("config", "--local", "cache.dir", spec["cache_dir"])
         self.dvc("config", "--local", "cache.type", spec["link_types"])
+        os.makedirs(spec["resume_dir"], exist_ok=True)
+        os.makedirs(os.path.join(self.repo, "data"), exist_ok=True)
+        os.symlink(spec["resume_dir"], os.path.join(self.repo, "data", "resume"))  # git and DVC ignore it
         overrides = [arg for override in spec["overrides"] for arg in ("-S", override)]
         if spec["mode"] == "remote":
             self.dvc("remote", "add", "--local", "--force", "--default", spec["dvc_remote"], spec["dvc_remote_url"])
@@ -153,6 +159,11 @@ class Supervisor:
             with open(self.log_path) as f:
                 log = f.read()
             shutil.rmtree(self.folder, ignore_errors=True)
+        # The run ended on its own (a stopped one keeps its resume state untouched for its next try): a
+        # success leaves nothing to resume, a failure keeps what it saved, if anything.
+        resume = self.spec["resume_dir"]
+        if result["ok"] or (os.path.isdir(resume) and not os.listdir(resume)):
+            shutil.rmtree(resume, ignore_errors=True)
         result.update(log=log, ran=re.findall(r"^Running stage '([^']+)'", log, re.M))
         if not result["ok"]:
             result["error"] = one_line_error(log)
