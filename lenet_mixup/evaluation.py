@@ -2,15 +2,16 @@
 
 The training stages score every epoch with `evaluate`; the evaluate stages use `predict` for the
 logits that calibration and the confusion matrix need, and `in_chunks` for FGSM. On the CPU the
-chunks are spread over the workers (lenet_mixup.cpu) and combined in their order, so EVAL_BATCH
-changes speed and memory, never what is computed.
+chunks are spread over the workers (lenet_mixup.cpu) and combined in their order. EVAL_BATCH changes
+speed and memory, never the bits (tests/test_cpu.py): each image's logits do not depend on the chunk
+it is in, and every sum over images is taken once, over all of them.
 """
 import torch
 import torch.nn.functional as F
 
 from lenet_mixup.cpu import map_in_order
 
-EVAL_BATCH = 1000
+EVAL_BATCH = 250  # a few chunks even on a small eval set, for every worker; 29 MiB for the first conv
 
 
 def in_chunks(function, model, *tensors):
@@ -34,14 +35,11 @@ def predict(model, x):
 
 def evaluate(model, x, y):
     """(mean cross-entropy, accuracy) over all of (x, y); one host sync, at the end."""
-    def sums(xs, ys):
+    def losses_and_hits(xs, ys):
         with torch.inference_mode():
             logits = model(xs)
-            return F.cross_entropy(logits, ys, reduction="sum"), (logits.argmax(1) == ys).sum()
+            return F.cross_entropy(logits, ys, reduction="none"), logits.argmax(1) == ys
+    chunks = in_chunks(losses_and_hits, model, x, y)
     with torch.inference_mode():
-        loss_sum = torch.zeros((), device=x.device)
-        correct = torch.zeros((), device=x.device, dtype=torch.long)
-        for chunk_loss, chunk_correct in in_chunks(sums, model, x, y):
-            loss_sum += chunk_loss
-            correct += chunk_correct
-    return loss_sum.item() / len(x), correct.item() / len(x)
+        losses, hits = torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
+        return losses.sum().item() / len(x), hits.sum().item() / len(x)

@@ -83,8 +83,8 @@ def test_shards_are_the_batch_gradient_up_to_rounding():
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_evaluation_and_fgsm_are_the_same_on_any_number_of_workers(workers, monkeypatch):
-    """Chunks over workers, combined in order: the same as one chunk after another; and FGSM's gradient,
-    computed once for every epsilon, gives what an attack per epsilon gives."""
+    """Chunks over workers, combined in order: the same as one chunk after another, and as one chunk of all;
+    and FGSM's gradient, computed once for every epsilon, gives what an attack per epsilon gives."""
     x, y, _ = data()
     x, y = x[:2 * evaluation.EVAL_BATCH // 10 * 10], y[:2 * evaluation.EVAL_BATCH // 10 * 10]
     torch.manual_seed(0)
@@ -97,6 +97,9 @@ def test_evaluation_and_fgsm_are_the_same_on_any_number_of_workers(workers, monk
                     for i in range(0, len(x), 70)) / len(x) for e in epsilons]
     monkeypatch.setenv("OMP_NUM_THREADS", workers)
     assert evaluation.evaluate(model, x, y) == one[0]
+    monkeypatch.setattr(evaluation, "EVAL_BATCH", 1000)  # one chunk: the same bits
+    assert evaluation.evaluate(model, x, y) == one[0] and torch.equal(evaluation.predict(model, x), one[1])
+    monkeypatch.setattr(evaluation, "EVAL_BATCH", 70)
     assert torch.equal(evaluation.predict(model, x), one[1])
     assert robustness.fgsm_accuracies(model, x, y, epsilons) == attacked
     assert model.training, "evaluation puts the model back in training mode"

@@ -10,12 +10,12 @@ import pytest
 
 from lenet_mixup.params import dump_yaml, read_yaml
 from lenet_mixup.stage import UserError
-from tests.conftest import ROOT, committed_params
+from tests.conftest import ROOT, project_params
 from tools.report import load, report
 from tools.runs import read_archive
 from tools.stats import paired, spread, t_quantile, verdict
 
-PARAMS = read_yaml(committed_params())
+PARAMS = read_yaml(project_params())
 # Differences mixup (alpha 1.0) - baseline, paired by seed 0, 1, 2:
 #   peak acc   d = .03 .04 .05  mean .04, SD .01 -> 95% CI .04 -+ 4.302653 * .01 / sqrt(3) = [.0152, .0648]
 #   final acc  d = .02 .03 .01  mean .02, SD .01 -> [-.0048, .0448]: contains 0
