@@ -16,8 +16,9 @@ $(VENV)/.installed: requirements.txt
 repro: setup
 	dvc repro
 
+# The test files spread over the cores (pytest-xdist); a file's tests stay together, sharing its fixtures.
 test: setup
-	python -m pytest
+	python -m pytest -n auto --dist loadfile
 
 lint: setup
 	ruff check stages lenet_mixup tools tests bench

@@ -10,7 +10,7 @@
 Each way starts from its own copy of one finished project (the pipeline run once with HEAD's params,
 committed), with its own DVC cache, so no way restores what another computed. The project is the
 tests' tiny one (tests/conftest.py: a synthetic archive of 250 training images, 2 epochs) unless
---project names a finished, committed one. Every run gets --threads torch threads (OMP_NUM_THREADS).
+--project names a finished, committed one. Every run gets --threads cores (OMP_NUM_THREADS: the speed only).
 
 Printed per way: the wall time, its ratio to one by one, the training stages' own seconds (the
 train_seconds of every distinct summary.json the sweep's experiments hold, HEAD's excluded: what had to
@@ -36,7 +36,7 @@ GRID = ["mixup.alpha=0.2,0.4", "train.seed=0,1"]
 
 
 def environment(threads):
-    """This interpreter's python and dvc first on PATH, torch's threads fixed, tools.sweep importable."""
+    """This interpreter's python and dvc first on PATH, each run's cores fixed, tools.sweep importable."""
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
             "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
 
@@ -117,7 +117,7 @@ def main():
     parser.add_argument("-S", "--set-param", action="append", dest="grid", metavar="KEY=VALUES",
                         help=f"the sweep, as `dvc exp run -S` (default: {' '.join('-S ' + g for g in GRID)})")
     parser.add_argument("--workers", type=int, default=2, help="runs at a time for the queue and the sweep")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (OMP_NUM_THREADS)")
+    parser.add_argument("--threads", type=int, default=1, help="cores per run (OMP_NUM_THREADS)")
     parser.add_argument("--project", type=Path, help="a finished, committed project to copy (default: the tiny one)")
     args = parser.parse_args()
     grid = args.grid or GRID
@@ -127,7 +127,7 @@ def main():
         template = args.project.resolve() if args.project else tiny_project(scratch, env)
         runs = len(expand(grid, read_yaml((template / "params.yaml").read_text())))
         print(f"{runs} run{'s' * (runs != 1)} ({' '.join('-S ' + g for g in grid)}), {args.workers} at a time "
-              f"for the queue and the sweep, {args.threads} torch thread(s) per run; {os.cpu_count()} CPUs, "
+              f"for the queue and the sweep, {args.threads} core(s) per run; {os.cpu_count()} CPUs, "
               f"load average {os.getloadavg()[0]:.1f} at the start", flush=True)
         rows = []
         for label, way, parallel in WAYS:

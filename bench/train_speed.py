@@ -157,10 +157,12 @@ LOOP_SETUP = {"project": project, "project-bf16": lambda device, synthetic: proj
 
 def serve(kind, device, threads, synthetic, conn):
     """A loop's process: set up, then time `n` steps of a variant on each request; last, report memory."""
-    torch_default = torch.get_num_threads()
-    device = resolve_device(device, announce=False)  # as the stages: CUDA with TF32 off, CPU one thread per op
-    if kind not in PROJECT_SETTINGS:
-        torch.set_num_threads(threads or torch_default)
+    if kind in PROJECT_SETTINGS or device == "cuda":
+        device = resolve_device(device, announce=False)  # as the stages: CUDA with TF32 off, CPU one thread per op
+    else:  # PyTorch's defaults: its threads (or --threads), glibc's malloc settings, denormals kept
+        device = torch.device(device)
+        if threads:
+            torch.set_num_threads(threads)
     run = LOOP_SETUP[kind](device, synthetic)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     while (job := conn.recv()) is not None:

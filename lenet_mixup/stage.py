@@ -81,8 +81,8 @@ def _remove(path):
 def run(main):
     """Run a stage's main(); turn a UserError into one clear line on stderr and exit status 1.
 
-    A stage that succeeds ends with one line saying how long it took, imports included (DVC itself
-    says nothing of a stage's time): `evaluate baseline: done in 18.3 s`.
+    A stage (stages/) that succeeds ends with one line saying how long it took, imports included (DVC
+    itself says nothing of a stage's time): `evaluate baseline: done in 18.3 s`.
     """
     try:
         main()
@@ -92,8 +92,9 @@ def run(main):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    name = " ".join([Path(sys.argv[0]).stem, *sys.argv[1:]])  # `python -m stages.evaluate baseline`: evaluate baseline
-    print(f"{name}: done in {process_seconds():.1f} s", flush=True)
+    script = Path(sys.argv[0])
+    if script.parent.name == "stages":  # `python -m stages.evaluate baseline` says: evaluate baseline: done in ...
+        print(f"{' '.join([script.stem, *sys.argv[1:]])}: done in {process_seconds():.1f} s", flush=True)
 
 
 def process_seconds():

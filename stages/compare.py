@@ -49,7 +49,8 @@ def load(variant):
 
 
 def draw(results, out):
-    fig, axes = plt.subplots(2, 3, figsize=(16, 9), constrained_layout=True)
+    # 1200 x 720 px: within the plots page (`dvc plots show`) beside the other images, none cut off
+    fig, axes = plt.subplots(2, 3, figsize=(12, 7.2), constrained_layout=True)
     for ax, (column, title, ylabel, mark) in zip(axes[0], CURVES, strict=True):
         for variant, r in results.items():
             rows = r["epochs"]

@@ -35,7 +35,7 @@ def main():
     classes = json.loads((paths.PREPARED / "classes.json").read_text())
     rng = np.random.default_rng(params["train"]["seed"])
     lams = rng.beta(params["mixup"]["alpha"], params["mixup"]["alpha"], ROWS)
-    fig, axes = plt.subplots(ROWS, COLUMNS, figsize=(2.1 * COLUMNS, 2.4 * ROWS), constrained_layout=True)
+    fig, axes = plt.subplots(ROWS, COLUMNS, figsize=(1.95 * COLUMNS, 2.3 * ROWS), constrained_layout=True)  # 1170 px wide
     for row, lam in enumerate(lams):
         idx = np.sort(rng.choice(len(images), COLUMNS, replace=False))
         mixed, y = blend(images[idx], lam), labels[idx]

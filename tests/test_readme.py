@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import ROOT, copy_project_files, dvc_env, project_params, synthetic_split, write_archive
 from tests.test_pipeline import ALL_STAGES, ran
 
-FLOWS = ["try-out", "offline first run", "everyday", "failed experiment", "share", "other machine"]
+FLOWS = ["try-out", "offline first run", "everyday", "failed experiment", "share", "other machine", "sweep"]
 REAL_MD5 = "6887622ef4a2fb302ab8f665434a650f"
 SMALL_MD5 = "2421d9319ffa033b5c4a0d329ffd130a"
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -173,13 +173,26 @@ def test_the_readme_flows_work_as_written(fresh_clone):
     assert ran(restored) == [] and "mixup epoch" not in restored  # no training: the stage's own log is absent
     assert (clone / "dvc_plots/index.html").is_file()
 
-    # An older experiment applied on the first machine keeps the remote; the README's line goes back.
+    # Back on the first machine: the Sweeps section's grid. Its alpha 0.4 seed 0 point is the everyday
+    # flow's experiment, so three runs go, two at a time, seed 1's baseline trained once.
     session.cwd = str(project)
-    assert len(experiment) == 1, experiment  # the alpha 0.4 run of the everyday flow
+    steps = session.run("sweep")
+    out = succeeded(steps)
+    swept = steps[0][2]
+    assert "4 runs, 1 already done, 3 to run" in swept and "3 of 3 runs done" in swept, swept
+    assert "Token authentication" not in swept
+    assert "| mixup mixup.alpha=0.2 |" in steps[2][2] or "mixup.alpha=0.2" in steps[2][2], steps[2][2]
+    assert "alpha: 0.4" in (project / "params.yaml").read_text() and "seed: 1" in (project / "params.yaml").read_text()
+
+    # An older experiment applied on the first machine keeps the remote; the README's line goes back.
+    assert len(experiment) == 1, experiment  # the alpha 0.4 run of the everyday flow (others since: the sweep's)
     steps = session.run_lines([f"dvc exp apply {experiment[0]}", "dvc push",
                                "git checkout HEAD -- params.yaml dvc.lock metrics && dvc checkout", "dvc status"])
     succeeded(steps)
     assert "shared" in (project / ".dvc/config.local").read_text() and git_clean(project)
+    plan = subprocess.run(["make", "sweep", "ARGS=--dry -S 'mixup.alpha=0.2,0.4' -S 'train.seed=0,1'"], cwd=project,
+                          env=session.env, capture_output=True, text=True)
+    assert plan.returncode == 0 and "4 runs, 4 already done, 0 to run" in plan.stdout, plan.stdout + plan.stderr
 
     # The suite, in this used workspace: nothing of it (the remote, the experiments, dvc_plots) leaks in.
     sample = ["tests/test_params.py", "tests/test_dvc_yaml.py", "tests/test_pipeline.py", "-k",

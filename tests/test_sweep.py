@@ -181,6 +181,7 @@ def local_sweep(tmp_path_factory, finished_template):
     project = copy_project(finished_template, tmp_path_factory.mktemp("local") / "project")
     result = sweep(project, *GRID)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "Token authentication" not in result.stdout + result.stderr  # said explicitly: no warning
     return project, result.stdout
 
 

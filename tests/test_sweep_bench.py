@@ -13,7 +13,7 @@ def test_the_sweep_benchmark_runs_the_three_ways_and_prints_their_figures(finish
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    assert out.startswith("1 run (-S mixup.alpha=0.3), 2 at a time for the queue and the sweep, 1 torch thread(s)")
+    assert out.startswith("1 run (-S mixup.alpha=0.3), 2 at a time for the queue and the sweep, 1 core(s)")
     for way in ("one by one (dvc exp run)", "dvc queue start -j 2", "python -m tools.sweep --workers 2"):
         row = re.search(rf"^{re.escape(way)} +([\d.]+) +([\d.]+) +([\d.]+) +(-?[\d.]+) +(\d+)$", out, re.M)
         assert row, f"no figures for {way}:\n{out}"

@@ -281,6 +281,9 @@ def connect(address):
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:  # read when ray is imported; with it, Ray 2.60 puts every socket on 127.0.0.1
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        # Token authentication, Ray's default for a new local cluster, said explicitly: Ray then keeps it
+        # without printing a warning about it on every sweep.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
     quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
     if address:
