@@ -35,7 +35,8 @@ def main():
     classes = json.loads((paths.PREPARED / "classes.json").read_text())
     rng = np.random.default_rng(params["train"]["seed"])
     lams = rng.beta(params["mixup"]["alpha"], params["mixup"]["alpha"], ROWS)
-    fig, axes = plt.subplots(ROWS, COLUMNS, figsize=(1.95 * COLUMNS, 2.3 * ROWS), constrained_layout=True)  # 1170 px wide
+    # 1170 px wide: within the plots page (`dvc plots show`), none of it cut off
+    fig, axes = plt.subplots(ROWS, COLUMNS, figsize=(1.95 * COLUMNS, 2.3 * ROWS), constrained_layout=True)
     for row, lam in enumerate(lams):
         idx = np.sort(rng.choice(len(images), COLUMNS, replace=False))
         mixed, y = blend(images[idx], lam), labels[idx]
