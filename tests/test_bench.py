@@ -36,13 +36,15 @@ def test_benchmark_refuses_too_few_synthetic_images(tmp_path):
 
 def test_contention_benchmark_prints_its_table_and_the_forced_repro(tmp_path):
     """`python -m bench.contention`, tiny: every condition and setting, and the forced repro of a tiny project."""
+    # OMP_NUM_THREADS=1: the benchmark as on a one-core machine (one fixed thread count to compare), for speed
     result = subprocess.run([sys.executable, "-m", "bench.contention", "--steps", "3", "--rounds", "1"], cwd=tmp_path,
-                            env={**dvc_env(), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+                            env={**dvc_env(), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, capture_output=True,
+                            text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     out = result.stdout
     assert "data: synthetic images" in out
     for condition in ("alone", "busy core", "two at once"):
-        assert re.search(rf"^{condition} +\d+ +\d+ .*threads \d +\d\.\d\dx +\d+\.\d\dx$", out, re.M), out
+        assert re.search(rf"^{condition} +\d+ +\d+ +threads 1 +\d+\.\d\dx +\d+\.\d\dx$", out, re.M), out
     for stage in ("download", "prepare", "train_baseline", "train_mixup", "evaluate_baseline", "evaluate_mixup",
                   "mixup_examples", "compare", "plots_page"):
         assert re.search(rf"^  {stage} +\d+\.\d s$", out, re.M), out
