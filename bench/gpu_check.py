@@ -122,6 +122,7 @@ def setup(work, device, epochs):
     params = read_yaml((ROOT / "params.yaml").read_text())
     params["train"].update(device=device, epochs=epochs, precision="fp32", seed=0, steps_per_epoch=None,
                            validation_steps=None)
+    params["mixup"].update(alpha=1.0, warmup=1)
     Path(work).mkdir(parents=True, exist_ok=True)
     (Path(work) / "params.yaml").write_text(dump_yaml(params))
     print(f"{work}/params.yaml: train {params['train']}, mixup {params['mixup']}")

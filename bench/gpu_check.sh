@@ -178,7 +178,7 @@ check() {
                 --json "$WORK/train-$variant.json" || status=1
         done
         if [ "$SMOKE" = 1 ]; then
-            set -- --device cpu --steps 20 --warmup 1 --threads 1 --loops project,dataloader
+            set -- --device cpu --steps 5 --warmup 1 --threads 1 --loops project,dataloader
         else
             set -- --device cuda
         fi

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny CIFAR-10 archives in the official layout, and the project in a temp git repo."""
+import fcntl
 import gzip
 import io
 import os
@@ -169,9 +170,21 @@ def project(tmp_path, tiny_archive):
 
 @pytest.fixture(scope="session")
 def finished_template(tmp_path_factory, tiny_archive):
-    p = new_project(tmp_path_factory.mktemp("finished") / "project", tiny_archive)
-    p.first_run = p.dvc("repro").stdout
-    p.commit("first run")
+    """A tiny project whose whole pipeline has run and been committed: built once per test run and shared
+    by the xdist workers (the first to need it builds it under a lock; the others wait and reuse it)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # this run's, common to its workers
+    folder = shared / "finished"
+    with open(shared / "finished.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "done").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            p = new_project(folder / "project", tiny_archive)
+            (folder / "first_run.txt").write_text(p.dvc("repro").stdout)
+            p.commit("first run")
+            (folder / "done").touch()
+    p = Project(folder / "project")
+    p.first_run = (folder / "first_run.txt").read_text()  # what its `dvc repro` printed
     return p
 
 

@@ -128,7 +128,7 @@ def listed_plots(project):
             yield Renderer.remove_special_chars(name), props, image
 
 
-def test_plots_page_renders_offline(finished_project, tmp_path, browser):
+def test_plots_page_renders_offline(browser, finished_project, tmp_path):  # browser first: it may skip
     project = finished_project
     template_setting = ConfigObj(str(ROOT / ".dvc/config"))["plots"]["html_template"]
     assert template_setting == plots_page.CONFIG_VALUE, "the committed .dvc/config must name the template"
