@@ -42,25 +42,36 @@ def _pool(workers):
 
 def map_in_order(function, pieces, workers=None):
     """[function(piece) for piece in pieces], the pieces taken in turn by `workers` threads (default: cores()),
-    the calling thread one of them; the results in the pieces' order, whichever thread computed each.
-
-    With one worker, or one piece, everything runs here, on the calling thread.
+    the calling thread one of them; the results in the pieces' order, whichever thread computed each. Each
+    thread computes its pieces one thread per op; one piece alone runs here, as the caller has set things.
     """
     pieces = list(pieces)
     workers = min(workers or cores(), len(pieces))
-    flush_denormals()  # as on the workers: a piece's bits must not depend on the thread that computes it
-    if workers <= 1:
-        return [function(piece) for piece in pieces]
+    if len(pieces) == 1:  # one piece: the caller's own settings (bench/contention.py times torch's threads so)
+        return [function(pieces[0])]
     results, taken = [None] * len(pieces), itertools.count()
 
     def work():  # next() on a count is atomic under the GIL: each piece is taken once
+        one_thread_per_op_here()  # whichever thread computes a piece, it computes the same bits
         while (i := next(taken)) < len(pieces):
             results[i] = function(pieces[i])
+    if workers <= 1:
+        work()
+        return results
     helpers = [_pool(workers - 1).submit(work) for _ in range(workers - 1)]
     work()
     for helper in helpers:
         helper.result()  # a helper's exception is raised here
     return results
+
+
+def one_thread_per_op_here():
+    """This thread's ops on one thread, denormals flushed. Both settings belong to each thread (torch's
+    thread count as each thread first used it, the flush in the CPU's control register), so every thread
+    that computes a piece sets them, whatever the process did before it existed."""
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    flush_denormals()
 
 
 def flush_denormals():

@@ -179,6 +179,7 @@ def finished_template(tmp_path_factory, tiny_archive):
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (folder / "done").exists():
             shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
             p = new_project(folder / "project", tiny_archive)
             (folder / "first_run.txt").write_text(p.dvc("repro").stdout)
             p.commit("first run")
