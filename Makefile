@@ -16,7 +16,8 @@ $(VENV)/.installed: requirements.txt
 repro: setup
 	dvc repro
 
-# The test files spread over the cores (pytest-xdist); a file's tests stay together, sharing its fixtures.
+# The test files spread over the cores (pytest-xdist); a file's tests stay together, in order, so that its
+# module-scoped fixtures (the sweeps of tests/test_sweep.py) are made once.
 test: setup
 	python -m pytest -n auto --dist loadfile
 

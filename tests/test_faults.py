@@ -9,7 +9,7 @@ import time
 import pytest
 
 from lenet_mixup.metrics import read_tsv
-from tests.conftest import default_sigint, dvc_env
+from tests.conftest import default_sigint, dvc_env, new_project
 
 TIMING = ("seconds", "examples_per_sec")
 
@@ -19,11 +19,22 @@ def learning_curve(project, variant):
             for row in read_tsv(project.path / f"metrics/{variant}/epochs.tsv")]
 
 
+KILL_EPOCHS = 12  # of 5 steps, each with an evaluation and a resume state saved: over 0.1 s each
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_archive):
+    """The baseline's learning curve trained without interruption, for KILL_EPOCHS epochs."""
+    project = new_project(tmp_path_factory.mktemp("uninterrupted") / "project", tiny_archive)
+    project.set_params(train={"epochs": KILL_EPOCHS})
+    project.dvc("repro", "train_baseline")
+    return learning_curve(project, "baseline")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
-def test_killed_training_resumes_with_the_metrics_of_an_uninterrupted_run(project, sig):
-    # 12 epochs of 5 steps, each with an evaluation and a resume state saved (over 0.1 s each): the kill,
-    # at most 0.2 s after the first epoch ends, always lands mid-run.
-    project.set_params(train={"epochs": 12})
+def test_killed_training_resumes_with_the_metrics_of_an_uninterrupted_run(project, sig, uninterrupted):
+    # The kill, at most 0.2 s after the first epoch ends, always lands mid-run.
+    project.set_params(train={"epochs": KILL_EPOCHS})
     project.dvc("repro", "prepare")
     resume = project.path / "data/resume/baseline.pt"
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--force", "train_baseline"],
@@ -40,12 +51,7 @@ def test_killed_training_resumes_with_the_metrics_of_an_uninterrupted_run(projec
     resumed = project.dvc("repro", "train_baseline")
     assert "resuming baseline after epoch" in resumed.stdout
     assert not resume.exists()
-    after_kill = learning_curve(project, "baseline")
-    assert len(after_kill) == 12
-
-    fresh = project.dvc("repro", "--force", "train_baseline")  # --force: train from scratch
-    assert "resuming" not in fresh.stdout
-    assert learning_curve(project, "baseline") == after_kill
+    assert learning_curve(project, "baseline") == uninterrupted
 
 
 def test_an_empty_resume_state_is_set_aside_not_a_dead_end(project):

@@ -466,7 +466,7 @@ def resumed_sweep(tmp_path_factory, finished_template, ray_cluster):
     base = tmp_path_factory.mktemp("resume")
     project, temp = copy_project(finished_template, base / "project"), base / "runs"
     temp.mkdir()
-    grid = ["--address", "auto", "-S", "train.epochs=30", "-S", "train.seed=0,1", "--archive", "runs"]
+    grid = ["--address", "auto", "-S", "train.epochs=12", "-S", "train.seed=0,1", "--archive", "runs"]
     states = project.path / ".dvc/tmp/sweep/resume"
     refs = project.run("git", "for-each-ref", "refs/exps").stdout
     proc = sweep(project, *grid, tmpdir=temp, start_new_session=True, preexec_fn=default_sigint)
@@ -501,10 +501,10 @@ def test_an_interrupted_run_resumes_and_equals_an_uninterrupted_one(resumed_swee
     name, variant = next(iter(interrupted["saved"].items()))
     log = (project.path / f".dvc/tmp/sweep/{name}.log").read_text()
     resumed = re.search(rf"^resuming {variant} after epoch (\d+) from data/resume/{variant}\.pt$", log, re.M)
-    assert resumed and 1 <= int(resumed.group(1)) < 30, log[-3000:]
+    assert resumed and 1 <= int(resumed.group(1)) < 12, log[-3000:]
     assert list((project.path / ".dvc/tmp/sweep/resume").iterdir()) == [], "removed once the runs succeeded"
     archived = project.path / "runs" / name / variant
-    alone = run_alone(project, tmp_path / "alone", variant, **{"train.epochs": 30,
+    alone = run_alone(project, tmp_path / "alone", variant, **{"train.epochs": 12,
                                                                "train.seed": int(name.rsplit("seed", 1)[1])})
     assert without_timing(json.loads((archived / "summary.json").read_text())) == alone["summary"]
     assert json.loads((archived / "evaluation.json").read_text()) == alone["evaluation"]
@@ -512,11 +512,11 @@ def test_an_interrupted_run_resumes_and_equals_an_uninterrupted_one(resumed_swee
 
 def test_a_run_is_archived_and_committed_as_it_finishes_and_then_done(resumed_sweep):
     project, _, out = resumed_sweep
-    assert "committed to runs/epochs30-seed0" in out and "committed to runs/epochs30-seed1" in out
-    for name in ("epochs30-seed0", "epochs30-seed1"):
+    assert "committed to runs/epochs12-seed0" in out and "committed to runs/epochs12-seed1" in out
+    for name in ("epochs12-seed0", "epochs12-seed1"):
         log = project.run("git", "log", "-1", "--name-only", "--format=%s", "--", f"runs/{name}").stdout.split()
         assert log[:3] == ["Run", f"{name}:", "final"] and all(p.startswith(f"runs/{name}/") for p in log if "/" in p)
     assert project.run("git", "status", "--porcelain").stdout == ""
-    again = sweep(project, "-S", "train.epochs=30", "-S", "train.seed=0,1", "--archive", "runs")
+    again = sweep(project, "-S", "train.epochs=12", "-S", "train.seed=0,1", "--archive", "runs")
     assert again.returncode == 0 and "2 runs, 2 already done, 0 to run" in again.stdout, again.stdout + again.stderr
-    assert "done already: runs/epochs30-seed0" in again.stdout  # HEAD moved on: the archive says they are done
+    assert "done already: runs/epochs12-seed0" in again.stdout  # HEAD moved on: the archive says they are done
