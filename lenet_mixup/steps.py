@@ -1,7 +1,7 @@
 """The training step, fast on the CPU and on CUDA; the training loop and the benchmark run it.
 
 CPU: `train_epoch`, an eager loop over a shuffled index into one in-memory channels_last tensor,
-fused Adam, the losses kept as tensors until the epoch ends, and `tune_cpu`'s process settings.
+fused Adam (FusedAdam), the losses kept as tensors until the epoch ends, and `tune_cpu`'s process settings.
 CUDA: `GraphedEpochs`, the same step captured once as a CUDA graph and replayed. Both compute what
 the plain textbook loop computes (tests/test_fast_path.py); `python -m bench.train_speed` times them.
 precision "bf16" runs the forward pass and the loss under bf16 autocast; weights, gradients and
@@ -19,14 +19,48 @@ from lenet_mixup.model import lenet
 
 
 def new_model_and_optimizer(device, lr):
-    """LeNet in channels_last (the faster conv layout) and Adam as Keras ran it (eps 1e-7).
-
-    Fused: one kernel per step, measured faster on the CPU too; capturable on CUDA, for GraphedEpochs.
-    """
+    """LeNet in channels_last (the faster conv layout) and Adam as Keras ran it (eps 1e-7)."""
     model = lenet().to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-7, fused=True,
-                                 capturable=torch.device(device).type == "cuda")
-    return model, optimizer
+    return model, FusedAdam(model.parameters(), lr, betas=(0.9, 0.999), eps=1e-7)
+
+
+class FusedAdam:
+    """Adam as `torch.optim.Adam(fused=True)` computes it: the same kernel with the same arguments, so the
+    same bits (tests/test_fast_path.py), one kernel per step on the CPU and on CUDA, where a CUDA graph
+    captures it (the step counts live on the device, as with `capturable=True`).
+
+    Why not torch.optim: every torch.optim optimizer imports torch._dynamo, torch.compile's tracer,
+    which this project never uses, as it is made. That import took a second of every training stage's
+    start-up, a third of a stage on a tiny archive. The state is made at the first step, as
+    torch.optim makes it, from the parameters as they are then.
+    """
+
+    def __init__(self, params, lr, betas, eps):
+        self.params, self.lr, self.betas, self.eps = list(params), lr, betas, eps
+        self.state = None  # {"step", "exp_avg", "exp_avg_sq"}: one tensor per parameter each
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        if self.state is None:
+            self.state = {"step": [torch.zeros((), device=p.device) for p in self.params],  # float32, as fused
+                          "exp_avg": [torch.zeros_like(p) for p in self.params],
+                          "exp_avg_sq": [torch.zeros_like(p) for p in self.params]}
+        torch._foreach_add_(self.state["step"], 1)
+        torch._fused_adam_(self.params, [p.grad for p in self.params], self.state["exp_avg"],
+                           self.state["exp_avg_sq"], [], self.state["step"], amsgrad=False, lr=self.lr,
+                           beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
+                           maximize=False, grad_scale=None, found_inf=None)
+
+    def state_dict(self):
+        return {"lr": self.lr, "betas": self.betas, "eps": self.eps, "state": self.state}
+
+    def load_state_dict(self, saved):
+        self.lr, self.betas, self.eps = saved["lr"], tuple(saved["betas"]), saved["eps"]
+        self.state = None if saved["state"] is None else \
+            {k: [t.to(p.device) for t, p in zip(v, self.params, strict=True)] for k, v in saved["state"].items()}
 
 
 def autocast(device, precision, graphed=False):
@@ -138,7 +172,7 @@ class GraphedEpochs:
         lam = self.lams.index_select(0, self.counter).squeeze(0)
         with autocast(x.device, self.precision, graphed=True):
             loss = mixup_loss(self.model(mixup_batch(x, lam)), y, lam)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
         self.losses.index_copy_(0, self.counter, loss.detach().float().unsqueeze(0))
@@ -166,7 +200,7 @@ class GraphedEpochs:
         main.wait_stream(side)
         try:
             graph = torch.cuda.CUDAGraph()
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad()
             with torch.cuda.graph(graph):
                 self.step()
             self.graph = graph

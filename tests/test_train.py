@@ -1,5 +1,7 @@
 """The training loop's own behaviour, run in-process on tiny prepared data."""
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ from lenet_mixup.data import load_split
 from lenet_mixup.evaluation import evaluate
 from lenet_mixup.model import lenet
 from lenet_mixup.stage import UserError
-from tests.conftest import TEST_PARAMS
+from tests.conftest import ROOT, TEST_PARAMS, dvc_env, project_params
 
 TRAIN = {**TEST_PARAMS["train"], "device": "cpu"}
 MIXUP = {"alpha": 1.0, "warmup": 1}
@@ -106,6 +108,22 @@ def test_bf16_trains_and_is_deterministic(prepared):
 
 def test_cpu_training_reports_its_path(prepared):
     assert training.train_variant("baseline", {**TRAIN, "epochs": 1}, None, CPU)[3] == {"train_path": "cpu"}
+
+
+def test_each_stage_loads_only_the_libraries_it_uses(prepared):
+    """A stage's start-up is mostly imports. The stages without a model import no torch; a training stage,
+    which makes an optimizer, does not load torch._dynamo (torch.compile's tracer, which every torch.optim
+    optimizer imports as it is made: a second of each training stage, hence lenet_mixup.steps.FusedAdam)."""
+    (prepared / "params.yaml").write_text(project_params(train={"epochs": 1}))
+    env = {**dvc_env(), "PYTHONPATH": str(ROOT)}
+    for script in (
+            "import sys, stages.download, stages.prepare, stages.compare, stages.mixup_examples, stages.plots_page\n"
+            "print('loaded:', [m for m in ('torch',) if m in sys.modules])",
+            "import runpy, sys\nsys.argv = ['stages/train.py', 'baseline']\n"
+            "runpy.run_module('stages.train', run_name='__main__')\n"
+            "print('loaded:', [m for m in ('torch._dynamo',) if m in sys.modules])"):
+        done = subprocess.run([sys.executable, "-c", script], cwd=prepared, env=env, capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout.splitlines()[-1] == "loaded: []", done.stdout + done.stderr
 
 
 def test_batch_larger_than_training_set_is_refused(prepared):
