@@ -162,10 +162,17 @@ def new_project(path, tiny_archive):
     return p
 
 
+@pytest.fixture(scope="session")
+def project_template(tmp_path_factory, tiny_archive):
+    return new_project(tmp_path_factory.mktemp("template") / "project", tiny_archive)
+
+
 @pytest.fixture
-def project(tmp_path, tiny_archive):
-    """The pipeline in a fresh git + DVC repo, on the tiny archive, nothing run yet."""
-    return new_project(tmp_path / "project", tiny_archive)
+def project(tmp_path, project_template):
+    """The pipeline in a fresh git + DVC repo, on the tiny archive, nothing run yet (a copy of one made once:
+    the git and DVC set-up is a dozen processes)."""
+    shutil.copytree(project_template.path, tmp_path / "project", symlinks=True)
+    return Project(tmp_path / "project")
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,7 @@ def test_an_empty_resume_state_is_set_aside_not_a_dead_end(project):
 
 def test_resume_state_from_other_params_is_ignored(project):
     project.set_params(train={"epochs": 6})
-    project.dvc("repro", "train_baseline")
+    project.dvc("repro", "prepare")
     resume = project.path / "data/resume/baseline.pt"
     proc = subprocess.Popen([sys.executable, "-m", "stages.train", "baseline"], cwd=project.path, env=dvc_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
