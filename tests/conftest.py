@@ -33,6 +33,20 @@ TEST_PARAMS = {
 DVC_CONFIG = "[core]\n    analytics = false\n[plots]\n    html_template = ../data/plots-offline.html\n"
 
 
+# The test files that take longest, longest first. `make test` hands whole files to the cores in the order
+# they are collected (pytest-xdist --dist loadfile), so these start first, and the short ones fill in
+# around them instead of a long one starting last and running alone.
+LONGEST_FIRST = ["test_sweep.py", "test_readme.py", "test_sweep_bench.py", "test_bench.py", "test_faults.py",
+                 "test_experiments.py", "test_pipeline.py"]
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)  # stable: each file's own order is kept
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_environment(tmp_path_factory):
     """Nothing of this machine's or this user's setup reaches a test, and nothing is left behind outside

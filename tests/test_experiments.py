@@ -2,8 +2,40 @@
 import json
 import shutil
 
+import pytest
+
 from tests.conftest import Project
 from tests.test_pipeline import ran
+
+
+@pytest.fixture(scope="module")
+def alpha_experiment(tmp_path_factory, finished_template):
+    """`dvc exp run -S mixup.alpha=0.4` in a copy of the finished tiny project: (the project, DVC's output)."""
+    project = Project(tmp_path_factory.mktemp("alpha") / "project")
+    shutil.copytree(finished_template.path, project.path, symlinks=True)
+    return project, project.dvc("exp", "run", "-S", "mixup.alpha=0.4").stdout
+
+
+def test_an_alpha_experiment_reruns_only_mixup_and_dvc_shows_it(alpha_experiment):
+    project, out = alpha_experiment
+    assert ran(out) == ["train_mixup", "evaluate_mixup", "mixup_examples", "compare"]
+    for unchanged in ("train_baseline", "evaluate_baseline"):
+        assert f"Stage '{unchanged}' didn't change, skipping" in out
+    assert json.loads(project.dvc("status", "--json").stdout) == {}
+
+    diff = json.loads(project.dvc("metrics", "diff", "--json").stdout)
+    assert "metrics/mixup/summary.json" in diff and "metrics/baseline/summary.json" not in diff
+    params = json.loads(project.dvc("params", "diff", "--json").stdout)
+    assert params["params.yaml"]["mixup.alpha"]["old"] == 1.0
+    assert params["params.yaml"]["mixup.alpha"]["new"] == 0.4
+    assert "peak_eval_acc" in json.dumps(json.loads(project.dvc("exp", "show", "--json").stdout))
+
+    project.dvc("plots", "show", "-o", "plots_out")
+    html = project.read("plots_out/index.html")
+    for name in ("baseline/epochs.tsv", "mixup/epochs.tsv", "Eval accuracy", "Eval loss", "Train loss",
+                 "Accuracy under FGSM attack", "Reliability diagram", "Confusion matrix, baseline",
+                 "Confusion matrix, mixup"):
+        assert name in html
 
 
 def test_evaluate_params_rerun_only_evaluation_and_comparison(finished_project):
@@ -17,12 +49,13 @@ def test_evaluate_params_rerun_only_evaluation_and_comparison(finished_project):
     assert "FGSM accuracy at 16/255" in project.read("metrics/comparison.md")
 
 
-def test_a_queued_alpha_sweep_never_trains_the_baseline_and_gives_the_bits_of_exp_run(finished_project, tmp_path):
+def test_a_queued_alpha_sweep_never_trains_the_baseline_and_gives_the_bits_of_exp_run(finished_project,
+                                                                                      alpha_experiment):
     """Alpha does not touch the baseline: two queued runs of other alphas restore the committed baseline
     from DVC's run-cache and train only mixup. The queue's runs give the bits `dvc exp run` gives (its
-    workers run beside other DVC processes; the results must not depend on that)."""
-    alone = Project(tmp_path / "alone")
-    shutil.copytree(finished_project.path, alone.path, symlinks=True)
+    workers run beside other DVC processes; the results must not depend on that): alpha_experiment's,
+    run in a copy of its own, with a cache of its own."""
+    alone, _ = alpha_experiment
     project = finished_project
     project.dvc("exp", "run", "--queue", "-S", "mixup.alpha=0.2,0.4")
     project.dvc("exp", "run", "--run-all", "-j", "1")  # the queue's workers, waited for (no polling)
@@ -33,7 +66,6 @@ def test_a_queued_alpha_sweep_never_trains_the_baseline_and_gives_the_bits_of_ex
     assert not any("Running stage 'train_baseline'" in log for log in logs), "the baseline retrained"
     assert sum("Running stage 'train_mixup'" in log for log in logs) == 2
 
-    alone.dvc("exp", "run", "-S", "mixup.alpha=0.4")
     queued = {exp_params(e)["mixup"]["alpha"]: e for e in experiments(project)}
     assert results(queued[0.4]) == results(experiments(alone)[0])
     assert results(queued[0.2])["baseline"] == results(queued[0.4])["baseline"]

@@ -78,7 +78,7 @@ def test_a_test_project_holds_no_remote_of_this_workspace(project, tmp_path):
     assert "1 file pushed" in project.dvc("push").stdout
 
 
-def test_full_pipeline_experiment_and_plots(finished_project):
+def test_the_full_pipeline_writes_every_output(finished_project):
     project = finished_project
     first = project.first_run
     assert ran(first) == ALL_STAGES
@@ -99,29 +99,6 @@ def test_full_pipeline_experiment_and_plots(finished_project):
     assert 800 < width <= 1200 and height > 500  # no wider than the plots page shows whole
     assert "peak eval accuracy" in project.read("metrics/comparison.md")
     assert ran(project.dvc("repro")) == []  # everything cached
-
-    exp = project.dvc("exp", "run", "-S", "mixup.alpha=0.4")
-    assert ran(exp) == ["train_mixup", "evaluate_mixup", "mixup_examples", "compare"]
-    for unchanged in ("train_baseline", "evaluate_baseline"):
-        assert f"Stage '{unchanged}' didn't change, skipping" in exp.stdout
-    status = json.loads(project.dvc("status", "--json").stdout)
-    assert status == {}
-
-    diff = json.loads(project.dvc("metrics", "diff", "--json").stdout)
-    assert "metrics/mixup/summary.json" in diff and "metrics/baseline/summary.json" not in diff
-    params = json.loads(project.dvc("params", "diff", "--json").stdout)
-    assert params["params.yaml"]["mixup.alpha"]["old"] == 1.0
-    assert params["params.yaml"]["mixup.alpha"]["new"] == 0.4
-
-    shown = json.loads(project.dvc("exp", "show", "--json").stdout)
-    assert "peak_eval_acc" in json.dumps(shown)
-
-    project.dvc("plots", "show", "-o", "plots_out")
-    html = project.read("plots_out/index.html")
-    for name in ("baseline/epochs.tsv", "mixup/epochs.tsv", "Eval accuracy", "Eval loss", "Train loss",
-                 "Accuracy under FGSM attack", "Reliability diagram", "Confusion matrix, baseline",
-                 "Confusion matrix, mixup"):
-        assert name in html
 
 
 @pytest.mark.parametrize("section, key, value, message", [
