@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, copy_project_files, dvc_env, project_params
+from tests.conftest import DVC_CONFIG, ROOT, copy_project_files, dvc_env, project_params
 from tests.test_pipeline import ALL_STAGES, ran
 
 FLOWS = ["try-out", "offline first run", "everyday", "failed experiment", "share", "other machine", "sweep"]
@@ -21,6 +21,7 @@ REAL_MD5 = "6887622ef4a2fb302ab8f665434a650f"
 SMALL_MD5 = "2421d9319ffa033b5c4a0d329ffd130a"
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
+SHIPPED_WITHOUT = {"dvc.lock"}  # a record of a run, which the README's first run commits
 FLOW = re.compile(r"<!-- flow: (.+?) -->\n```bash\n(.*?)```", re.S)
 COMMENT = re.compile(r"\s+#\s.*$")
 
@@ -60,12 +61,14 @@ class Session:
 
 @pytest.fixture
 def fresh_clone(tmp_path, tiny_archive):
-    """A clone of the project as committed (the tracked files, default params) from `origin`, a bare
-    repository standing in for the git server both machines use, beside a ../shared/cifar10 stand-in."""
+    """A clone of the project as shipped (the tracked files, default params, no dvc.lock: a workspace whose
+    first run was committed, as the README says to, would otherwise hand its run to the flows) from
+    `origin`, a bare repository standing in for the git server both machines use, beside a
+    ../shared/cifar10 stand-in."""
     project = tmp_path / "project"
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
     for name in tracked.stdout.split("\0"):
-        if name and (ROOT / name).is_file():
+        if name and name not in SHIPPED_WITHOUT and (ROOT / name).is_file():
             (project / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / name, project / name)
     copy_project_files(project, [])  # the shipped .dvc/config
@@ -95,6 +98,15 @@ def fresh_clone(tmp_path, tiny_archive):
     return Session(project, env, {REAL_MD5: md5, SMALL_MD5: md5,
                                   "/mnt/shared/dvc-cache": str(tmp_path / "remote"),
                                   "git@example.com:you/lenet-mixup.git": str(origin)}), tmp_path
+
+
+def test_the_fresh_clone_is_the_project_as_shipped(fresh_clone):
+    """Also in a workspace whose first run, params and experiments were committed (the README test's inner
+    sample runs this there): no run of this workspace's reaches the flows."""
+    session, _ = fresh_clone
+    assert not (session.cwd / "dvc.lock").exists()
+    assert (session.cwd / "params.yaml").read_text() == project_params(OFFICIAL_URL, OFFICIAL_MD5)
+    assert (session.cwd / ".dvc/config").read_text() == DVC_CONFIG
 
 
 def succeeded(steps):
@@ -188,8 +200,9 @@ def test_the_readme_flows_work_as_written(fresh_clone):
     assert plan.returncode == 0 and "4 runs, 4 already done, 0 to run" in plan.stdout, plan.stdout + plan.stderr
 
     # The suite, in this used workspace: nothing of it (the remote, the experiments, dvc_plots) leaks in.
+    assert "dvc.lock" in subprocess.run(["git", "ls-files"], cwd=project, capture_output=True, text=True).stdout
     sample = ["tests/test_params.py", "tests/test_dvc_yaml.py", "tests/test_pipeline.py::test_a_test_project_holds_"
-              "no_remote_of_this_workspace"]
+              "no_remote_of_this_workspace", "tests/test_readme.py::test_the_fresh_clone_is_the_project_as_shipped"]
     inner = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *sample], cwd=project,
                            env={**session.env, "PYTHONPATH": str(project)}, capture_output=True, text=True)
     assert inner.returncode == 0, inner.stdout[-3000:] + inner.stderr[-2000:]
