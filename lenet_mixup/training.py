@@ -101,7 +101,7 @@ def train_variant(variant, train, mixup, device, resume_path=None):
                             f"step {bad[0, 0].item() + 1} of {steps}; lower train.lr (now {train['lr']})")
         eval_loss, eval_acc = evaluate(model, eval_x, eval_y)
         row = {"epoch": epoch + 1, "step": (epoch + 1) * steps, "train_loss": losses.mean().item(),
-               "eval_loss": eval_loss, "eval_acc": eval_acc, "lr": optimizer.lr,
+               "eval_loss": eval_loss, "eval_acc": eval_acc, "lr": train["lr"],
                "examples_per_sec": steps * batch_size / seconds, "seconds": seconds,
                "train_steps": steps, "eval_images": len(eval_x)}
         print(f"{variant} epoch {row['epoch']}/{epochs}{' (mixup)' if mixing else ''}: "

@@ -86,7 +86,7 @@ def runner(x, y, dtype=torch.float32, steps=STEPS, precision="fp32", eager=False
     torch.manual_seed(0)
     model, optimizer = new_model_and_optimizer(x.device, LR)
     model.to(dtype)  # in place: the optimizer keeps its parameters
-    if not capturable:  # Adam as a state saved on the CPU would make it on CUDA
+    if not capturable:  # torch.optim's fused Adam, not capturable: torch refuses to capture its step
         optimizer = torch.optim.Adam(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-7, fused=True)
     graphed = GraphedEpochs(model, optimizer, x, y, BATCH, steps, precision)
     if eager:
@@ -95,10 +95,16 @@ def runner(x, y, dtype=torch.float32, steps=STEPS, precision="fp32", eager=False
 
 
 def state(graphed):
-    """Every tensor that training changes: the weights and Adam's moments and step counts."""
+    """Every tensor that training changes: the weights and Adam's moments and step counts (of the stages'
+    FusedAdam, one list per kind, or of a torch.optim Adam, one dict per parameter: the same names)."""
     tensors = {f"weight {name}": p for name, p in graphed.model.named_parameters()}
-    for i, p in enumerate(graphed.model.parameters()):
-        tensors.update({f"adam {key} of parameter {i}": v for key, v in graphed.optimizer.state[p].items()})
+    optimizer = graphed.optimizer
+    if isinstance(optimizer, torch.optim.Optimizer):
+        per_parameter = [optimizer.state[p] for p in graphed.model.parameters()]
+    else:
+        per_parameter = [{key: v[i] for key, v in optimizer.state.items()} for i in range(len(optimizer.params))]
+    for i, adam in enumerate(per_parameter):
+        tensors.update({f"adam {key} of parameter {i}": v for key, v in adam.items()})
     return tensors
 
 
@@ -215,7 +221,7 @@ def test_the_graph_survives_an_evaluation_between_epochs(stage_cuda):
 
 @cuda
 def test_a_failed_capture_falls_back_to_eager_steps_that_train_the_same(stage_cuda):
-    """A non-capturable Adam (what a CPU-written resume state gives) fails capture for real: the runner
+    """A non-capturable Adam (torch.optim's) fails capture for real, as any failed capture would: the runner
     says so and why, and its eager steps, after the failed capture, train what a graph trains."""
     x, y = data(stage_cuda, torch.float64)
     failed, graphed = runner(x, y, torch.float64, capturable=False), runner(x, y, torch.float64)
@@ -275,7 +281,7 @@ def test_cuda_training_runs_and_reports_the_graph_path(prepared, stage_cuda, cap
 
 @cuda
 def test_a_failed_capture_is_reported_with_its_reason(prepared, stage_cuda, capsys, monkeypatch):
-    def cpu_made_adam(device, lr):  # an optimizer as a CPU-written state would load it: capturable False
+    def cpu_made_adam(device, lr):  # torch.optim's fused Adam, not capturable: a capture that fails for real
         model, _ = new_model_and_optimizer(device, lr)
         return model, torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-7, fused=True)
     monkeypatch.setattr(training, "new_model_and_optimizer", cpu_made_adam)
