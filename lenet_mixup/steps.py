@@ -45,7 +45,7 @@ class FusedAdam:
 
     def step(self):
         if self.state is None:
-            self.state = {"step": [torch.zeros((), device=p.device) for p in self.params],  # float32, as fused
+            self.state = {"step": [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params],
                           "exp_avg": [torch.zeros_like(p) for p in self.params],
                           "exp_avg_sq": [torch.zeros_like(p) for p in self.params]}
         torch._foreach_add_(self.state["step"], 1)
