@@ -4,7 +4,7 @@ VENV := .venv
 # Stage commands in dvc.yaml call `python`: make it the project's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test lint bench plots sweep sweep-report study study-report clean
+.PHONY: setup repro test test-fast lint bench plots sweep sweep-report study study-report clean
 
 setup: $(VENV)/.installed
 
@@ -17,9 +17,14 @@ repro: setup
 	dvc repro
 
 # The test files spread over the cores (pytest-xdist); a file's tests stay together, in order, so that its
-# module-scoped fixtures (the sweeps of tests/test_sweep.py) are made once.
+# module-scoped fixtures (the sweeps of tests/pipeline/test_sweep.py) are made once.
 test: setup
 	python -m pytest -n auto --dist loadfile
+
+# The unit tests alone (tests/unit/: in-process, no DVC run, no Ray), for a fast loop while changing code;
+# ARGS go to pytest (make test-fast ARGS="-k cutmix").
+test-fast: setup
+	python -m pytest tests/unit -n auto --dist loadfile $(ARGS)
 
 lint: setup
 	ruff check stages lenet_mixup tools tests bench
@@ -48,7 +53,7 @@ study-report: setup
 	python -m tools.report $(STUDY_REPORT)
 
 # What the committed study runs lacked when they ran (train.precision: fp32 then; evaluate.batch_size: 1000, the
-# evaluation's batch since), and the comparisons study/report.md shows (tests/test_report.py runs the same).
+# evaluation's batch since), and the comparisons study/report.md shows (tests/unit/test_report.py runs the same).
 STUDY_REPORT = --archive study/runs --absent train.precision=fp32 --absent evaluate.batch_size=1000 \
 	--reference variant=baseline --reference mixup.alpha=1.0 --reference train.precision=fp32 --out study
 

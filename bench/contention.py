@@ -1,9 +1,14 @@
 """Training beside other work, and the seconds spent around training: what a user's machine sees.
 
-    python -m bench.contention [--steps 300] [--rounds 3] [--variant baseline|mixup] [--shards N] [--no-repro]
+A laptop or a CI runner is rarely idle, and a pipeline is more than its training loop: this measures the
+stages' CPU settings where other programs compete for the cores, and what a whole `dvc repro` costs beyond training.
+
+    python -m bench.contention [--steps 300] [--rounds 3] [--variant NAME] [--shards N] [--no-repro]
 
 Part 1, throughput. The training stages' loop (lenet_mixup.steps.train_epoch, batch 50, on data/prepared
-when the current folder has it, else on synthetic images) runs in processes of its own, under three conditions:
+when the current folder has it, else on synthetic images; --variant: any variant in lenet_mixup/variants/, with
+its params from params.yaml, every batch mixed if it mixes at all) runs in processes of its own, under three
+conditions:
   alone         nothing else running
   busy core     beside a process that keeps one core busy: any other program on a laptop or a CI runner
   two at once   two trainings at the same time, as `dvc queue start -j 2` runs them (their sum)
@@ -11,7 +16,7 @@ with these settings:
   default       the stages' own: one thread per op, each batch in train.shards pieces (params.yaml) on
                 as many workers as there are cores (lenet_mixup.cpu)
   threads N     PyTorch's usual way: each op spread over N threads, the batch whole (N = 1 .. cores);
-                `threads <cores>` is torch's default, which the stages used before (issue 17)
+                `threads <cores>` is torch's default
 Each setting's two worker processes start once and keep training between measurements; every
 (condition, setting) is measured --rounds times, taken in turn, and its median kept. The goals:
 default >= 0.9x the best fixed thread count beside a busy core and two at once, >= 1.1x torch's
@@ -32,19 +37,21 @@ import tempfile
 import time
 from pathlib import Path
 
+from lenet_mixup import variant  # imports no torch
+
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, WARMUP = 50, 20
 CONDITIONS = ("alone", "busy core", "two at once")
 
 
-def worker(setting, steps, variant, shards):
+def worker(setting, steps, name, shards):
     """One training process: set up and warm up, say ready; then, for every `go` line, time `steps` more steps
     and print img/s, until stdin closes."""
     import numpy as np
     import torch
 
     from lenet_mixup import cpu, paths
-    from lenet_mixup.mixup import sample_lambdas
+    from lenet_mixup.params import load_params
     from lenet_mixup.steps import new_model_and_optimizer, train_epoch
 
     if setting == "default":
@@ -60,13 +67,17 @@ def worker(setting, steps, variant, shards):
     else:
         x, y = torch.rand(n, 3, 32, 32), torch.randint(0, 10, (n,))
     x = x.contiguous(memory_format=torch.channels_last)
+    params = load_params("train", name, path=ROOT / "params.yaml")
+    module = variant.load(name)
+    mixes = module.mixing_from(params[name]) is not None
     torch.manual_seed(0)
-    model, optimizer = new_model_and_optimizer("cpu", 1e-3)
+    model, optimizer = new_model_and_optimizer(torch.device("cpu"), params["train"])
 
     def run(count):
-        lams = sample_lambdas(1.0, count) if variant == "mixup" else None
+        draws = module.draws(params[name], count, "cpu") if mixes else None
         order = torch.randperm(len(x))
-        train_epoch(model, optimizer, x, y, order, BATCH, count, lams, shards=shards).sum().item()
+        train_epoch(model, optimizer, x, y, order, BATCH, count, module.mix if mixes else None, draws,
+                    shards=shards).sum().item()
     run(WARMUP)
     print("ready", flush=True)
     for _ in sys.stdin:
@@ -75,10 +86,10 @@ def worker(setting, steps, variant, shards):
         print(f"{steps * BATCH / (time.perf_counter() - start):.1f}", flush=True)
 
 
-def start_workers(setting, steps, variant, shards):
+def start_workers(setting, steps, name, shards):
     """Two worker processes of one setting (the second for `two at once`), ready."""
     command = [sys.executable, "-m", "bench.contention", "--worker", setting, "--steps", str(steps),
-               "--variant", variant, "--shards", str(shards)]
+               "--variant", name, "--shards", str(shards)]
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}  # no settings
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     procs = [subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -106,11 +117,11 @@ def measure(condition, procs):
             busy.wait()
 
 
-def contention(steps, rounds, variant, shards):
+def contention(steps, rounds, name, shards):
     from lenet_mixup import cpu
     cores = cpu.cores()
     settings = ["default", *(f"threads {n}" for n in range(1, cores + 1))]
-    workers = {s: start_workers(s, steps, variant, shards) for s in settings}
+    workers = {s: start_workers(s, steps, name, shards) for s in settings}
     rates = {(c, s): [] for c in CONDITIONS for s in settings}
     try:
         for _ in range(rounds):
@@ -124,7 +135,7 @@ def contention(steps, rounds, variant, shards):
                 p.wait()
     median = {key: statistics.median(r) for key, r in rates.items()}
     torch_default = f"threads {cores}"
-    print(f"{variant}, batch {BATCH}, {steps} timed steps per measurement, median of {rounds} rounds taken in turn; "
+    print(f"{name}, batch {BATCH}, {steps} timed steps per measurement, median of {rounds} rounds taken in turn; "
           f"default: {shards} shards on up to {cores} workers of one thread; img/s (two at once: the sum)\n")
     print(f"{'condition':13}" + "".join(f"{s:>12}" for s in settings) + f"{'best fixed':>14}{'default/best':>14}"
           f"{'default/torch default':>23}")
@@ -189,7 +200,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300, help="timed steps per measurement (default 300)")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per condition and setting (default 3)")
-    parser.add_argument("--variant", choices=("baseline", "mixup"), default="baseline")
+    parser.add_argument("--variant", choices=variant.available(), default=variant.REFERENCE)
     parser.add_argument("--shards", type=int, help="the default setting's shards (default: params.yaml's train.shards)")
     parser.add_argument("--no-repro", action="store_true", help="skip part 2, the forced dvc repro")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

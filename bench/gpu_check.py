@@ -1,4 +1,7 @@
-"""The Python half of bench/gpu_check.sh (the device check of issue 11): checks, a stage wrapper, the report.
+"""The Python half of bench/gpu_check.sh, the device check: checks, a stage wrapper, the report.
+
+The CUDA path cannot be tested where there is no GPU, so one script, run on a GPU machine, proves it (the CUDA
+tests), measures it (training, the benchmark) and judges it against its goals, PASS or FAIL, in one report.
 
     python -m bench.gpu_check missing                      the import names of missing packages, one line
     python -m bench.gpu_check preflight --device cuda --json F   machine, versions, TF32, which ops sync
@@ -23,11 +26,11 @@ from tools import stats  # the standard library only
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "study" / "runs"
-VARIANTS = ("baseline", "mixup")
-# import name -> what to carry (pip name); DVC is not needed: the stage scripts run directly.
+VARIANTS = ("baseline", "mixup")  # what the check trains and judges: the variants study/runs holds CPU runs of
+# import name -> the pip package that provides it; DVC is not needed: the stage scripts run directly.
 NEEDED = {"torch": "torch", "numpy": "numpy", "tqdm": "tqdm", "ruamel.yaml": "ruamel.yaml", "PIL": "pillow",
           "pytest": "pytest"}
-# The goals of issue 11, for a full stage: 35 epochs of 1000 steps of 50 images.
+# The goals, for a full stage: 35 epochs of 1000 steps of 50 images.
 GOAL_SECONDS, GOAL_EPOCHS, GOAL_EPOCH_STEPS, GOAL_MS_PER_STEP, GOAL_VS_DATALOADER = 10.0, 35, 1000, 0.3, 10.0
 
 
@@ -71,24 +74,34 @@ def preflight(device, out):
 
 
 def probe_syncs(device):
-    """Which of the ops the CUDA path runs make the host wait, by torch.cuda.set_sync_debug_mode("error").
+    """Which of the ops the CUDA path runs make the host wait, by torch.cuda.set_sync_debug_mode("error"), every
+    variant's draws and mix among them (lenet_mixup/variant.py: its mix must not sync, the graph captures it).
 
     The last one syncs by design: it shows that the probe can see a sync at all.
     """
     import torch
     import torch.nn.functional as F
 
-    from lenet_mixup.mixup import sample_lambdas
+    from lenet_mixup import variant
+    from lenet_mixup.params import load_params
     generator = torch.Generator(device=device).manual_seed(0)
     x = torch.rand(1000, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (1000,), device=device)
     order, counter, offsets = torch.randperm(1000, device=device), torch.zeros(1, dtype=torch.long, device=device), \
         torch.arange(50, device=device)
     losses, logits = torch.zeros(20, device=device), torch.randn(50, 10, device=device, requires_grad=True)
+    variant_probes = {}
+    for name in variant.available():
+        module, params = variant.load(name), load_params(name, path=ROOT / "params.yaml")[name]
+        draw = module.draws(params, 1, device)[0]
+        variant_probes.update({
+            f"{name}: draws on CUDA (each epoch's)": lambda m=module, p=params: m.draws(p, 1000, device),
+            f"{name}: mix (in the captured step)": lambda m=module, d=draw: m.mix(x[:50], d),
+        })
     probes = {
         "randperm with a CUDA generator (each epoch's order)": lambda: torch.randperm(50_000, generator=generator,
                                                                                       device=device),
-        "sample_lambdas on CUDA (Beta, each epoch's lambdas)": lambda: sample_lambdas(1.0, 1000, device),
+        **variant_probes,
         "copy_ device to device": lambda: order.copy_(torch.randperm(1000, device=device)),
         "fill_": lambda: losses.fill_(1.0),
         "index_select by a device counter": lambda: order.index_select(0, counter * 50 + offsets),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device check of issue 11: the CUDA path proved and measured on one GPU, in under 10 minutes.
+# The device check: the CUDA path proved and measured on one GPU, in under 10 minutes.
 #
 #   bash bench/gpu_check.sh [--data DIR] [--work DIR] [--budget SECONDS] [--epochs N] [--no-evaluate]
 #   bash bench/gpu_check.sh --cpu-smoke [--data DIR | --archive FILE] [--work DIR]   (the plumbing, on the CPU)
@@ -12,7 +12,7 @@
 #   2. archive: the full CIFAR-10 archive from DIR/cifar10-jpeg.tar.gz with DIR/make_archive.py (~40 s), or
 #      DIR/cifar-10-python.tar.gz if it is there, or --archive FILE
 #   3. prepare: `python -m stages.prepare` in WORK (no DVC: the stage scripts run directly)
-#   4. tests: `python -m pytest -q -ra tests/test_cuda.py` (the CUDA tests; the CPU smoke test deselected)
+#   4. tests: `python -m pytest -q -ra tests/unit/test_cuda.py` (the CUDA tests; the CPU smoke test deselected)
 #   5. train baseline, train mixup: `python -m stages.train VARIANT`, 35 epochs, fp32, seed 0, through
 #      bench/gpu_check.py, which also reads the stage's peak GPU memory
 #   6. benchmark: `python -m bench.train_speed --device cuda`
@@ -39,7 +39,7 @@
 # (see the device README); the check installs build/device/wheels/*.whl into WORK/site when something is missing.
 #
 # --cpu-smoke: the same steps on the CPU, on 1,000 training images (make_archive.py --limit 100) or --archive,
-# 1 epoch, a short benchmark of two loops, the mixup variant alone evaluated; tests/test_cuda.py runs it so that
+# 1 epoch, a short benchmark of two loops, the mixup variant alone evaluated; tests/unit/test_cuda.py runs it so that
 # this script cannot rot.
 set -uo pipefail
 
@@ -169,8 +169,8 @@ check() {
     fi
     if [ -f "$raw" ] && run_step prepare 10 120 env -C "$WORK" "$PY" -m stages.prepare; then prepared=1; fi
 
-    run_step tests 30 200 --log "$WORK/pytest.txt" "$PY" -m pytest -q -ra -p no:cacheprovider tests/test_cuda.py \
-        --deselect tests/test_cuda.py::test_gpu_check_smoke_runs_on_the_cpu || status=1
+    run_step tests 30 200 --log "$WORK/pytest.txt" "$PY" -m pytest -q -ra -p no:cacheprovider tests/unit/test_cuda.py \
+        --deselect tests/unit/test_cuda.py::test_gpu_check_smoke_runs_on_the_cpu || status=1
 
     if [ "$prepared" = 1 ]; then
         for variant in baseline mixup; do

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from lenet_mixup.params import read_yaml
+from tools.runs import variant_of
 from tools.sweep import expand
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,22 +95,22 @@ def trained(project, env):
     """(experiments of HEAD, seconds of training they needed): train_seconds over distinct summaries."""
     shown = json.loads(dvc("exp", "show", "--json", cwd=project, env=env))
     head = next(entry for entry in shown if entry.get("rev") != "workspace")
-    seen = {json.dumps(summary_of(head, v), sort_keys=True) for v in ("baseline", "mixup")}
+    seen = {json.dumps(summary, sort_keys=True) for summary in summaries(head)}
     runs, seconds = 0, 0.0
     for exp in head.get("experiments") or []:
         for rev in exp.get("revs") or []:
             runs += 1
-            for variant in ("baseline", "mixup"):
-                summary = summary_of(rev, variant)
-                if summary and json.dumps(summary, sort_keys=True) not in seen:
+            for summary in summaries(rev):
+                if json.dumps(summary, sort_keys=True) not in seen:
                     seen.add(json.dumps(summary, sort_keys=True))
                     seconds += summary["train_seconds"]
     return runs, seconds
 
 
-def summary_of(entry, variant):
+def summaries(entry):
+    """The summary.json of every variant a `dvc exp show --json` row holds (metrics/<variant>/summary.json)."""
     metrics = (entry.get("data") or {}).get("metrics") or {}
-    return (metrics.get(f"metrics/{variant}/summary.json") or {}).get("data")
+    return [m["data"] for path, m in metrics.items() if variant_of(path, "summary.json") and (m or {}).get("data")]
 
 
 def main():

@@ -3,16 +3,18 @@
     python -m bench.train_speed [--steps 200] [--warmup 20] [--device auto|cpu|cuda] [--threads N]
                                 [--loops project,project-bf16,...] [--images N]
 
-Same data, same model (lenet_mixup.model.lenet), Adam (lr 1e-3, eps 1e-7), batch 50, plain and mixup (alpha 1):
+Same data, same model (lenet_mixup.model.lenet), batch 50, every variant params.yaml lists (`variants`, each
+with its own params; a variant that mixes has every timed batch mixed). Every loop trains with the project's
+optimizer, lenet_mixup.optim.make_optimizer (train.lr from params.yaml), so the loops differ in how they feed it:
   project     lenet_mixup.steps as the training stages run it: the set resident as one channels_last tensor,
-              batches gathered by a shuffled index, fused Adam, losses left on the device; on the CPU one thread
-              per op and each batch in train.shards pieces on the cores (lenet_mixup.cpu); a CUDA graph on CUDA
+              batches gathered by a shuffled index, losses left on the device; on the CPU one thread per op and
+              each batch in train.shards pieces on the cores (lenet_mixup.cpu); a CUDA graph on CUDA
   project-bf16  the same with train.precision bf16: bf16 autocast for the forward pass and the loss
   dataloader  a torchvision-style Dataset of uint8 NCHW images with Minmax per item, DataLoader(shuffle=True,
-              batch_size=50, num_workers=0), NCHW model, Adam's default implementation, loss.item() every step
+              batch_size=50, num_workers=0), NCHW model, loss.item() every step
   bare        the same step as `dataloader` on NCHW batches already in memory, no indexing: that step's ceiling
-  bare-fast   `bare` with the project's layout, optimizer, allocator and thread settings and shards: the project's
-              loop without its shuffled gather, the ceiling for the project's step (project/bare-fast is what
+  bare-fast   `bare` with the project's layout, allocator and thread settings and shards: the project's loop
+              without its shuffled gather, the ceiling for the project's step (project/bare-fast is what
               shuffling costs)
 The loops dataloader and bare run on torch's threads (its default, or --threads); the project's loops as
 the stages run them.
@@ -20,6 +22,7 @@ Each loop lives in its own process (its peak memory is its own, data setup inclu
 turns in windows of WINDOW steps, so load from other programs falls on all of them alike.
 """
 import argparse
+import functools
 import multiprocessing as mp
 import os
 import resource
@@ -30,21 +33,24 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lenet_mixup import paths, steps
+from lenet_mixup import paths, steps, variant
 from lenet_mixup.cifar import minmax, read_archive
 from lenet_mixup.cpu import cores
 from lenet_mixup.data import load_split
 from lenet_mixup.device import resolve_device
-from lenet_mixup.mixup import sample_lambdas
 from lenet_mixup.model import lenet
+from lenet_mixup.optim import make_optimizer
 from lenet_mixup.params import load_params
 
-BATCH, LR, EPS, ALPHA = 50, 1e-3, 1e-7, 1.0
-SHARDS = load_params("train", path=Path(__file__).parents[1] / paths.PARAMS)["train"]["shards"]  # the stages' own
+BATCH = 50
+PARAMS_YAML = Path(__file__).parents[1] / paths.PARAMS
+VARIANTS = tuple(load_params("variants", path=PARAMS_YAML)["variants"])  # what the pipeline trains
+PARAMS = load_params("train", *VARIANTS, path=PARAMS_YAML)  # the stages' own: train.lr, train.shards, each variant's
+SHARDS = PARAMS["train"]["shards"]
 PROJECT_SETTINGS = ("project", "project-bf16", "bare-fast")  # the loops that run as the stages do
 FORWARD_MFLOP, TRAIN_MFLOP = 9.10, 25.7  # per image: forward; forward + backward
 EPOCHS, EPOCH_STEPS = 35, 1000  # a full stage: 35 epochs of 1000 steps of 50 images
-LOOPS, VARIANTS, WINDOW = ("project", "project-bf16", "dataloader", "bare", "bare-fast"), ("baseline", "mixup"), 20
+LOOPS, WINDOW = ("project", "project-bf16", "dataloader", "bare", "bare-fast"), 20
 
 
 def real():
@@ -85,13 +91,26 @@ class MinmaxImages(Dataset):
 
 
 def plain_net(device):
+    """An NCHW LeNet, as most users write it, with the project's optimizer."""
     model = lenet().to(device)
-    return model, torch.optim.Adam(model.parameters(), lr=LR, eps=EPS)
+    return model, make_optimizer(model, PARAMS["train"], device)
 
 
-def lams(variant, n, device):
-    """The lambdas of `n` steps of a variant: an epoch's worth at once, as the training loop draws them."""
-    return sample_lambdas(ALPHA, n, device) if variant == "mixup" else None
+def mixes(name):
+    """Whether a variant ever mixes: if it does, the benchmark mixes every batch of it."""
+    return variant.load(name).mixing_from(PARAMS[name]) is not None
+
+
+def draws(name, n, device):
+    """The draws of `n` steps of a variant that mixes (else None): an epoch's worth at once, as training draws them."""
+    return variant.load(name).draws(PARAMS[name], n, device) if mixes(name) else None
+
+
+def transforms(name, n, device):
+    """One batch transform per step for train_step: the variant's mix with that step's draw, or None (plain)."""
+    if not mixes(name):
+        return [None] * n
+    return [functools.partial(variant.load(name).mix, draw=draw) for draw in draws(name, n, device)]
 
 
 def project(device, synthetic, precision="fp32"):
@@ -101,18 +120,19 @@ def project(device, synthetic, precision="fp32"):
         images, labels = float_images(synthetic)
         x = torch.from_numpy(images).to(device).contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(labels).to(device)
-    nets = {v: steps.new_model_and_optimizer(device, LR) for v in VARIANTS}
+    nets = {v: steps.new_model_and_optimizer(device, PARAMS["train"]) for v in VARIANTS}
     graphed = {}  # CUDA: the stages' GraphedEpochs, one per (variant, n), over the first n * BATCH images
 
-    def run(variant, n):
+    def run(name, n):
         if device.type == "cuda":
-            if (variant, n) not in graphed:
-                graphed[variant, n] = steps.GraphedEpochs(*nets[variant], x[:n * BATCH], y[:n * BATCH], BATCH, n,
-                                                          precision)
-            losses = graphed[variant, n].epoch(torch.randperm(n * BATCH, device=device), lams(variant, n, device))
+            if (name, n) not in graphed:
+                graphed[name, n] = steps.GraphedEpochs(*nets[name], x[:n * BATCH], y[:n * BATCH], BATCH, n,
+                                                       variant.load(name), precision)
+            losses = graphed[name, n].epoch(torch.randperm(n * BATCH, device=device), draws(name, n, device))
         else:
             order = torch.randperm(len(x), device=device)
-            losses = steps.train_epoch(*nets[variant], x, y, order, BATCH, n, lams(variant, n, device), precision,
+            mix = variant.load(name).mix if mixes(name) else None
+            losses = steps.train_epoch(*nets[name], x, y, order, BATCH, n, mix, draws(name, n, device), precision,
                                        shards=SHARDS)
         losses.mean().item()  # the stage reads the losses once, at the end of the epoch
     return run
@@ -122,14 +142,14 @@ def dataloader(device, synthetic):
     loader = DataLoader(MinmaxImages(*uint8_images(synthetic)), batch_size=BATCH, shuffle=True, drop_last=True)
     nets, batches = {v: plain_net(device) for v in VARIANTS}, iter(())
 
-    def run(variant, n):
+    def run(name, n):
         nonlocal batches
-        for lam in lams(variant, n, device) if variant == "mixup" else [None] * n:
+        for mix in transforms(name, n, device):
             if (batch := next(batches, None)) is None:  # a new epoch
                 batches = iter(loader)
                 batch = next(batches)
             x, y = batch[0].to(device), batch[1].to(device)
-            steps.train_step(*nets[variant], x, y, lam).item()
+            steps.train_step(*nets[name], x, y, mix).item()
     return run
 
 
@@ -140,12 +160,13 @@ def bare(device, synthetic, fast=False):
         x = x.contiguous(memory_format=torch.channels_last)
         steps.tune_cpu()
     batches = list(zip(x.split(BATCH), y.split(BATCH), strict=False))[:len(x) // BATCH]  # views: no copy, no index
-    nets, at = {v: steps.new_model_and_optimizer(device, LR) if fast else plain_net(device) for v in VARIANTS}, 0
+    nets = {v: steps.new_model_and_optimizer(device, PARAMS["train"]) if fast else plain_net(device) for v in VARIANTS}
+    at = 0
 
-    def run(variant, n):
+    def run(name, n):
         nonlocal at
-        for lam in lams(variant, n, device) if variant == "mixup" else [None] * n:
-            steps.train_step(*nets[variant], *batches[at], lam, shards=SHARDS if fast else 1)
+        for mix in transforms(name, n, device):
+            steps.train_step(*nets[name], *batches[at], mix, shards=SHARDS if fast else 1)
             at = (at + 1) % len(batches)
     return run
 
@@ -228,13 +249,13 @@ def main():
         return pipes[kind].recv()
 
     seconds = {(v, k): [] for v in VARIANTS for k in loops}
-    for variant in VARIANTS:
+    for name in VARIANTS:
         for kind in loops:
             if args.warmup:
-                ask(kind, (variant, args.warmup))
+                ask(kind, (name, args.warmup))
         for _ in range(windows):
             for kind in loops:
-                seconds[variant, kind].append(ask(kind, (variant, window)))
+                seconds[name, kind].append(ask(kind, (name, window)))
     peaks = {kind: ask(kind, None) for kind in loops}
     for process in processes:
         process.join()
@@ -243,25 +264,33 @@ def main():
     rates = {key: sorted(window * BATCH / t for t in s) for key, s in seconds.items()}
     rate = {key: float(np.median(r)) for key, r in rates.items()}
     print(f"{'variant':9}{'loop':14}{'img/s':>8}{'(windows min-max)':>20}{'ms/step':>9}{'MFLOP/s':>10}")
-    for (variant, kind), r in rates.items():
-        print(f"{variant:9}{kind:14}{rate[variant, kind]:8.0f}{f'({r[0]:.0f}-{r[-1]:.0f})':>20}"
-              f"{1000 * BATCH / rate[variant, kind]:9.2f}{rate[variant, kind] * TRAIN_MFLOP:10.0f}")
+    for (name, kind), r in rates.items():
+        print(f"{name:9}{kind:14}{rate[name, kind]:8.0f}{f'({r[0]:.0f}-{r[-1]:.0f})':>20}"
+              f"{1000 * BATCH / rate[name, kind]:9.2f}{rate[name, kind] * TRAIN_MFLOP:10.0f}")
     print("(img/s: the median window)\n")
     targets = {"dataloader": " (target >= 1.3)", "bare": " (target >= 0.95)"}
-    for variant in VARIANTS:
-        ratios = [f"project/{k} {rate[variant, 'project'] / rate[variant, k]:.2f}x{targets.get(k, '')}"
+    for name in VARIANTS:
+        ratios = [f"project/{k} {rate[name, 'project'] / rate[name, k]:.2f}x{targets.get(k, '')}"
                   for k in loops if k not in ("project", "project-bf16")]
         if "project-bf16" in loops:
-            ratios.append(f"project-bf16/project {rate[variant, 'project-bf16'] / rate[variant, 'project']:.2f}x")
-        print(f"{variant}: " + ", ".join(ratios))
+            ratios.append(f"project-bf16/project {rate[name, 'project-bf16'] / rate[name, 'project']:.2f}x")
+        print(f"{name}: " + ", ".join(ratios))
     memory = "peak GPU memory allocated" if cuda else "peak RSS, data setup included"
     print(f"\n{memory}, and a full stage EXTRAPOLATED from these rates (not measured; {EPOCHS} epochs x "
-          f"{EPOCH_STEPS} steps x {BATCH} images, training steps only, no evaluation):")
+          f"{EPOCH_STEPS} steps x {BATCH} images, training steps only, no evaluation; a variant's plain epochs "
+          f"at the {variant.REFERENCE}'s rate):")
     for kind in loops:
         epoch = {v: EPOCH_STEPS * BATCH / rate[v, kind] / 60 for v in VARIANTS}
-        print(f"  {kind:13}{peaks[kind]:7.0f} MiB   baseline stage {EPOCHS * epoch['baseline']:5.1f} min, "
-              f"mixup stage (1 plain + {EPOCHS - 1} mixup epochs) "
-              f"{epoch['baseline'] + (EPOCHS - 1) * epoch['mixup']:5.1f} min")
+        print(f"  {kind:13}{peaks[kind]:7.0f} MiB   " + ", ".join(stage(name, epoch) for name in VARIANTS))
+
+
+def stage(name, epoch_minutes):
+    """A variant's full stage at these rates: its plain epochs at the reference's rate, the others at its own."""
+    first = variant.load(name).mixing_from(PARAMS[name])
+    plain = EPOCHS if first is None else min(first, EPOCHS)
+    minutes = plain * epoch_minutes[variant.REFERENCE] + (EPOCHS - plain) * epoch_minutes[name]
+    split = f" ({plain} plain + {EPOCHS - plain} mixed epochs)" if plain < EPOCHS else ""
+    return f"{name} stage{split} {minutes:5.1f} min"
 
 
 if __name__ == "__main__":

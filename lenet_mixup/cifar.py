@@ -21,7 +21,7 @@ from lenet_mixup.stage import UserError
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
-EVAL_BATCH = "test_batch"
+TEST_MEMBER = "test_batch"  # the archive member holding the eval (test) images
 IMAGE_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
 
@@ -47,7 +47,7 @@ def read_archive(path):
             members = {m.name: m for m in tar.getmembers() if m.isfile()}
             meta = _load(tar, members, "batches.meta", path)
             train = [_batch(tar, members, name, path) for name in TRAIN_BATCHES]
-            eval_x, eval_y = _batch(tar, members, EVAL_BATCH, path)
+            eval_x, eval_y = _batch(tar, members, TEST_MEMBER, path)
     except (tarfile.TarError, EOFError, OSError, zlib.error, pickle.UnpicklingError) as e:
         raise UserError(f"{path} is not a readable .tar.gz ({e}); it is truncated or corrupt: "
                         "delete it and run `dvc repro download` again, or point data.url at a good copy") from None

@@ -1,15 +1,11 @@
 """How the CPU path uses the cores: every op on one thread, the work cut into fixed pieces.
 
-Why not torch's default, every op spread over all the cores? Two reasons, both measured here:
-- The bits of a float32 result depend on how an op splits its sums between threads, so a result would
-  depend on the thread count, which users and launchers set differently (a sweep ran one thread per
-  run, `dvc exp run` two), and the run-cache would mix the two.
-- An op spread over all the cores waits for the slowest of them: beside one busy core (any other
-  program, or a second training under `dvc queue start -j 2`), training ran 2 to 4 times slower.
-So each op runs on one thread, and the work is cut into pieces fixed by the configuration (a training
-batch into `train.shards` shards, an evaluation into EVAL_BATCH images), which a pool of worker
-threads takes in turn, whichever cores are free. The results are combined in the pieces' order,
-so they depend on the pieces, never on the number of workers or the load.
+An op spread over all the cores (torch's default) gives bits that depend on the thread count, and waits
+for the slowest core, so beside any other work it slows down several times (docs/performance.md). Here
+each op runs on one thread, and the work is cut into pieces fixed by the configuration (a training batch
+into `train.shards` shards, an evaluation into EVAL_CHUNK images), which a pool of worker threads takes in
+turn, on whichever cores are free. The results are combined in the pieces' order, so they depend on the
+pieces, never on the number of workers or the load.
 """
 import ctypes
 import functools
@@ -75,24 +71,17 @@ def one_thread_per_op_here():
 
 
 def flush_denormals():
-    """Denormal floats flush to zero, on the calling thread (the setting is per thread, in the CPU's control
-    register, so every worker sets it as it starts). Mixup's gradients drift into the denormal range, where
-    x86 arithmetic is many times slower: the mixup stage ran at 5,800 img/s without, 7,700 with."""
+    """Denormal floats flush to zero on the calling thread (a per-thread setting): mixup's gradients drift into
+    the denormal range, where x86 arithmetic is many times slower."""
     torch.set_flush_denormal(True)
 
 
 @functools.cache
 def tune_cpu():
-    """Process settings that each made the CPU path measurably faster here, the same bits.
-
-    - Denormals flush to zero on this thread (flush_denormals; the pool's workers set it themselves).
-    - Every block comes from glibc's one main heap, which keeps what is freed for reuse. PyTorch's CPU
-      allocator has no cache: each step allocates and frees its activations (a few MiB a training
-      step, 115 MiB for one conv of an evaluation chunk). By default glibc maps blocks over 32 MiB on
-      their own, gives each thread an arena of its own whose heaps come and go, and hands freed memory
-      back to the OS, so the kernel zero-fills fresh pages again and again: training steps ran
-      1.3-1.7x slower (bench/train_speed.py), and the evaluate stage spent half its time in the kernel
-      (35.6 s, 25 s of it system time, against 18 s and 1.3 s). Without glibc this part does nothing.
+    """Process settings that make the CPU path faster and leave its bits alone: denormals flushed, and glibc
+    keeping every freed block in one heap for reuse instead of handing it back to the kernel, which would
+    zero-fill fresh pages on every step (PyTorch's CPU allocator keeps no cache). Without glibc the second
+    part does nothing. docs/performance.md has the figures.
     """
     flush_denormals()
     try:

@@ -1,9 +1,9 @@
-"""The one evaluation loop: logits in chunks of EVAL_BATCH images, never mixed, in float32.
+"""The one evaluation loop: logits in chunks of EVAL_CHUNK images, never mixed, in float32.
 
 The training stages score every epoch with `evaluate`; the evaluate stages use `predict` for the
 logits that calibration and the confusion matrix need, and `in_chunks` for FGSM. On the CPU the
-chunks are spread over the workers (lenet_mixup.cpu) and combined in their order. EVAL_BATCH changes
-speed and memory, never the bits (tests/test_cpu.py): each image's logits do not depend on the chunk
+chunks are spread over the workers (lenet_mixup.cpu) and combined in their order. EVAL_CHUNK changes
+speed and memory, never the bits (tests/unit/test_cpu.py): each image's logits do not depend on the chunk
 it is in, and every sum over images is taken once, over all of them.
 """
 import torch
@@ -11,15 +11,15 @@ import torch.nn.functional as F
 
 from lenet_mixup.cpu import map_in_order
 
-EVAL_BATCH = 250  # a few chunks even on a small eval set, for every worker; 29 MiB for the first conv
+EVAL_CHUNK = 250  # a few chunks even on a small eval set, for every worker; 29 MiB for the first conv
 
 
 def in_chunks(function, model, *tensors):
-    """[function(*chunk) for each chunk of EVAL_BATCH rows of the tensors], in order, the model in eval mode."""
+    """[function(*chunk) for each chunk of EVAL_CHUNK rows of the tensors], in order, the model in eval mode."""
     was_training = model.training
     model.eval()
     try:
-        chunks = list(zip(*(t.split(EVAL_BATCH) for t in tensors), strict=True))
+        chunks = list(zip(*(t.split(EVAL_CHUNK) for t in tensors), strict=True))
         return map_in_order(lambda chunk: function(*chunk), chunks, None if tensors[0].device.type == "cpu" else 1)
     finally:
         model.train(was_training)

@@ -7,14 +7,18 @@ PREPARED = Path("data/prepared")
 # Per-epoch training state, kept outside DVC's outputs so an interrupted run can resume.
 RESUME = Path("data/resume")
 MODELS = Path("models")
+# Each variant's results, in metrics/<variant>/: the folder names the variant, for every reader.
 METRICS = Path("metrics")
-COMPARISON_PNG = METRICS / "comparison.png"
-COMPARISON_MD = METRICS / "comparison.md"
-MIXUP_EXAMPLES_PNG = METRICS / "mixup_examples.png"
+# The comparison of the variants (stage compare). Not inside metrics/: compare depends on all of metrics/.
+RESULTS = Path("results")
+COMPARISON_PNG = RESULTS / "comparison.png"
+COMPARISON_MD = RESULTS / "comparison.md"
+# Every variant's rows in one table each, with its name and colour: the data of the `dvc plots` charts.
+CURVES_TSV = RESULTS / "epochs.tsv"
+FGSM_TSV = RESULTS / "fgsm.tsv"
+RELIABILITY_TSV = RESULTS / "reliability.tsv"
 # The page template `dvc plots show` fills (.dvc/config: plots.html_template, relative to .dvc/).
 PLOTS_PAGE = Path("data/plots-offline.html")
-
-VARIANTS = ("baseline", "mixup")
 
 
 def prepared_file(name):
@@ -53,3 +57,8 @@ def reliability_tsv(variant):
 
 def predictions_csv(variant):
     return METRICS / variant / "predictions.csv"
+
+
+def examples_png(variant):
+    """A picture of real training batches as the variant feeds them to the network."""
+    return METRICS / variant / "examples.png"

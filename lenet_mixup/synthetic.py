@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lenet_mixup.cifar import EVAL_BATCH, FOLDER, TRAIN_BATCHES
+from lenet_mixup.cifar import FOLDER, TEST_MEMBER, TRAIN_BATCHES
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -33,7 +33,7 @@ def write_archive(path, train=None, eval=None, *, skip=(), meta=None, overrides=
     batches = {"batches.meta": meta or {"label_names": CLASSES, "num_cases_per_batch": len(train[1]) // 5}}
     for name, chunk in zip(TRAIN_BATCHES, np.array_split(np.arange(len(train[1])), len(TRAIN_BATCHES)), strict=True):
         batches[name] = {b"data": train[0][chunk], b"labels": [train[1][j] for j in chunk]}
-    batches[EVAL_BATCH] = {b"data": eval[0], b"labels": list(eval[1])}
+    batches[TEST_MEMBER] = {b"data": eval[0], b"labels": list(eval[1])}
     batches.update(overrides or {})
     with tarfile.open(path, "w:gz") as tar:
         for name, obj in batches.items():

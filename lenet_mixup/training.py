@@ -1,10 +1,10 @@
 """The training loop of one variant, read top to bottom, and its resume state.
 
-FastEstimator's LeNet tutorial: Adam (lr from params, betas 0.9/0.999, eps 1e-7 as in Keras), batch
-`train.batch_size`, reshuffled every epoch, sparse cross-entropy, an evaluation after every epoch.
-The mixup variant mixes from epoch `mixup.warmup` on. `train.steps_per_epoch` and
-`train.validation_steps` (FastEstimator's knobs of the same names) cap the training batches per
-epoch and the eval batches (of `train.batch_size` images) per evaluation; null means all.
+FastEstimator's LeNet tutorial: Adam (lenet_mixup/optim.py), batch `train.batch_size`, reshuffled every
+epoch, sparse cross-entropy, an evaluation after every epoch. A variant (lenet_mixup/variant.py) mixes
+its batches from the epoch its params say on (mixup and cutmix: after `warmup` plain epochs).
+`train.steps_per_epoch` and `train.validation_steps` (FastEstimator's knobs of the same names) cap the
+training batches per epoch and the eval batches (of `train.batch_size` images) per evaluation; null means all.
 """
 import hashlib
 import io
@@ -15,22 +15,22 @@ from pathlib import Path
 
 import torch
 
-from lenet_mixup import paths
+from lenet_mixup import paths, variant
 from lenet_mixup.data import load_split
 from lenet_mixup.evaluation import evaluate
-from lenet_mixup.mixup import is_mixup_epoch, sample_lambdas
 from lenet_mixup.stage import UserError, atomic_output
 from lenet_mixup.steps import GraphedEpochs, new_model_and_optimizer, train_epoch
 
-# What a resume state must match besides params and data: all of the library and the stage script.
-SOURCES = sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).parents[1] / "stages" / "train.py"]
+# What a resume state must match besides params and data: the library, the stage script and the variant.
+ROOT = Path(__file__).parents[1]
+SOURCES = sorted(Path(__file__).parent.glob("*.py")) + [ROOT / "stages" / "train.py"]
 
 
 def fingerprint(config, device):
     """The params, the device type that trains (a CPU state resumed on CUDA could not be captured
     as a graph), the training code and the prepared data (size and time of each array)."""
     h = hashlib.sha256(json.dumps({**config, "device_type": device.type}, sort_keys=True).encode())
-    for source in SOURCES:
+    for source in SOURCES + [ROOT / variant.source(config["variant"])]:
         h.update(source.read_bytes())
     for name in ("train_x", "train_y", "eval_x", "eval_y"):
         stat = paths.prepared_file(name).stat()
@@ -47,13 +47,18 @@ def steps_per_epoch(train, images):
     return min(full, train["steps_per_epoch"]) if train["steps_per_epoch"] else full
 
 
-def train_variant(variant, train, mixup, device, resume_path=None):
-    """Train one variant; returns (per-epoch rows, best checkpoint, final checkpoint, training path).
+def train_variant(name, train, params, device, resume_path=None, on_epoch=None):
+    """Train variant `name` with its `params` (its section of params.yaml); returns (per-epoch rows, best
+    checkpoint, final checkpoint, what summary.json says of the run).
 
     With `resume_path`, the state is saved there after every epoch, and a saved state from the same
-    params, device type, code and data is resumed from. The training path is a dict for summary.json:
-    `train_path` "cpu", "cuda-graph" or "cuda-eager", and `capture_error` when capture failed.
+    params, device type, code and data is resumed from. on_epoch(rows) is called with the rows so far
+    after every epoch's state is saved, and at once with the rows a resumed state restored. The run's
+    dict says which training path ran, `train_path` "cpu", "cuda-graph" or "cuda-eager" (with
+    `capture_error` when capture failed), and, for a variant that mixes, in how many epochs it did
+    (`mixed_epochs`).
     """
+    transform = variant.load(name)
     train_x, train_y = load_split("train", device)
     eval_x, eval_y = load_split("eval", device)
     if train["validation_steps"]:
@@ -63,10 +68,14 @@ def train_variant(variant, train, mixup, device, resume_path=None):
     if train["shards"] > batch_size:
         raise UserError(f"train.shards = {train['shards']} is more than the {batch_size} images of a batch "
                         "(train.batch_size); lower train.shards")
-    torch.manual_seed(train["seed"])  # the weights, and mixup's lambdas (CPU or CUDA generator)
+    first_mixed = transform.mixing_from(params)
+    if first_mixed is not None and first_mixed >= epochs:
+        print(f"warning: {name} never mixes in this run: its first {first_mixed} epochs train plain "
+              f"({name}.warmup) and train.epochs is {epochs}; this run trains what the baseline does", flush=True)
+    torch.manual_seed(train["seed"])  # the weights, and the variant's draws (CPU or CUDA generator)
     shuffle = torch.Generator(device=device).manual_seed(train["seed"])
-    model, optimizer = new_model_and_optimizer(device, train["lr"])
-    state = {"fingerprint": fingerprint({"variant": variant, "train": train, "mixup": mixup}, device),
+    model, optimizer = new_model_and_optimizer(device, train)
+    state = {"fingerprint": fingerprint({"variant": name, "train": train, "params": params}, device),
              "epoch": 0, "rows": [], "best": None}
     saved = load_resume(resume_path, state["fingerprint"]) if resume_path and resume_path.exists() else None
     if saved is not None:
@@ -77,34 +86,36 @@ def train_variant(variant, train, mixup, device, resume_path=None):
         torch.set_rng_state(saved["cpu_rng"])
         if device.type == "cuda":
             torch.cuda.set_rng_state(saved["cuda_rng"], device)
-        print(f"resuming {variant} after epoch {saved['epoch']} from {resume_path}", flush=True)
+        print(f"resuming {name} after epoch {saved['epoch']} from {resume_path}", flush=True)
+        if on_epoch is not None and state["rows"]:
+            on_epoch(state["rows"])
 
-    graphed = GraphedEpochs(model, optimizer, train_x, train_y, batch_size, steps, precision) \
+    graphed = GraphedEpochs(model, optimizer, train_x, train_y, batch_size, steps, transform, precision) \
         if device.type == "cuda" else None
     interactive, first_epoch = sys.stderr.isatty(), state["epoch"]
     for epoch in range(first_epoch, epochs):
-        mixing = mixup is not None and is_mixup_epoch(epoch, mixup["warmup"])
+        mixing = first_mixed is not None and epoch >= first_mixed
         order = torch.randperm(len(train_x), generator=shuffle, device=device)
-        lams = sample_lambdas(mixup["alpha"], steps, device) if mixing else None
-        progress = f"{variant} {epoch + 1}/{epochs}" if interactive else None
+        draws = transform.draws(params, steps, device) if mixing else None
+        progress = f"{name} {epoch + 1}/{epochs}" if interactive else None
         start = time.perf_counter()
         if graphed is not None:
-            losses = graphed.epoch(order, lams, progress)
+            losses = graphed.epoch(order, draws, progress)
             torch.cuda.synchronize()
         else:
-            losses = train_epoch(model, optimizer, train_x, train_y, order, batch_size, steps, lams, precision,
-                                 progress, train["shards"])
+            losses = train_epoch(model, optimizer, train_x, train_y, order, batch_size, steps,
+                                 transform.mix if mixing else None, draws, precision, progress, train["shards"])
         seconds = time.perf_counter() - start
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
-            raise UserError(f"{variant}: the training loss became {losses[bad[0, 0]].item()} at epoch {epoch + 1}, "
+            raise UserError(f"{name}: the training loss became {losses[bad[0, 0]].item()} at epoch {epoch + 1}, "
                             f"step {bad[0, 0].item() + 1} of {steps}; lower train.lr (now {train['lr']})")
         eval_loss, eval_acc = evaluate(model, eval_x, eval_y)
         row = {"epoch": epoch + 1, "step": (epoch + 1) * steps, "train_loss": losses.mean().item(),
                "eval_loss": eval_loss, "eval_acc": eval_acc, "lr": train["lr"],
                "examples_per_sec": steps * batch_size / seconds, "seconds": seconds,
                "train_steps": steps, "eval_images": len(eval_x)}
-        print(f"{variant} epoch {row['epoch']}/{epochs}{' (mixup)' if mixing else ''}: "
+        print(f"{name} epoch {row['epoch']}/{epochs}{' (mixed)' if mixing else ''}: "
               f"train loss {row['train_loss']:.4f}, eval loss {eval_loss:.4f}, eval acc {eval_acc:.4f}, "
               f"{row['examples_per_sec']:.0f} img/s, {seconds:.1f} s", flush=True)
         if epoch == first_epoch:  # the path is known once the first epoch has captured its graph
@@ -119,12 +130,16 @@ def train_variant(variant, train, mixup, device, resume_path=None):
         if resume_path is not None:
             with atomic_output(resume_path) as tmp:
                 save(state, tmp)
+        if on_epoch is not None:
+            on_epoch(state["rows"])
     final = {"model": model.state_dict(), "epoch": epochs, "eval_loss": state["rows"][-1]["eval_loss"],
              "eval_acc": state["rows"][-1]["eval_acc"]}
-    path = {"train_path": graphed.path if graphed is not None else "cpu"}
+    run = {"train_path": graphed.path if graphed is not None else "cpu"}
     if graphed is not None and graphed.capture_error:
-        path["capture_error"] = graphed.capture_error
-    return state["rows"], state["best"], final, path
+        run["capture_error"] = graphed.capture_error
+    if first_mixed is not None:
+        run["mixed_epochs"] = max(0, epochs - first_mixed)
+    return state["rows"], state["best"], final, run
 
 
 def save(obj, path):
@@ -145,7 +160,7 @@ def describe_path(graphed):
 
 def rng_states(shuffle, device):
     """Every generator a run draws from: the shuffle's, and the default one of the training device
-    (mixup's lambdas come from the CUDA generator on a GPU, from the CPU one otherwise)."""
+    (a variant's draws come from the CUDA generator on a GPU, from the CPU one otherwise)."""
     states = {"shuffle_rng": shuffle.get_state(), "cpu_rng": torch.get_rng_state()}
     if device.type == "cuda":
         states["cuda_rng"] = torch.cuda.get_rng_state(device)

@@ -18,7 +18,7 @@ from lenet_mixup.paths import RAW_ARCHIVE
 from lenet_mixup.stage import UserError, atomic_output, run
 
 OFFLINE_HINT = ("on a machine without internet access, build or copy the archive locally and run "
-                "`dvc exp run -S data.url=/path/cifar-10-python.tar.gz -S data.md5=<its md5>` (README: Offline use)")
+                "`dvc exp run -S data.url=/path/cifar-10-python.tar.gz -S data.md5=<its md5>` (docs/offline.md)")
 
 
 def fetch(url, dest):

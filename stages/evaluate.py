@@ -1,4 +1,4 @@
-"""Stages `evaluate_baseline` and `evaluate_mixup`: python -m stages.evaluate {baseline|mixup}
+"""Stage `evaluate@<variant>`: python -m stages.evaluate VARIANT
 
 Scores both checkpoints a training stage kept (`final` and `best`, the lowest-eval-loss weights
 FastEstimator's ModelSaver kept) on what mixup is claimed to buy: clean accuracy and NLL, FGSM
@@ -26,7 +26,7 @@ from lenet_mixup.stage import UserError, atomic_output, run
 def load_model(variant, which, device):
     path = paths.checkpoint(variant, which)
     if not path.is_file():
-        raise UserError(f"{path} is missing: run `dvc repro train_{variant}` first")
+        raise UserError(f"{path} is missing: run `dvc repro train@{variant}` first")
     checkpoint = torch.load(path, map_location=device, weights_only=True)
     model = lenet().to(device).to(memory_format=torch.channels_last)
     model.load_state_dict(checkpoint["model"])
@@ -55,9 +55,9 @@ def calibration_and_confusion(logits, y, bins, classes):
 
 
 def main():
-    variant = sys.argv[1] if len(sys.argv) == 2 else None
-    if variant not in paths.VARIANTS:
-        raise UserError(f"usage: python -m stages.evaluate {{{'|'.join(paths.VARIANTS)}}}")
+    if len(sys.argv) != 2:
+        raise UserError("usage: python -m stages.evaluate VARIANT (a variant whose training stage has run)")
+    variant = sys.argv[1]
     params = load_params("train", "evaluate")
     settings, device = params["evaluate"], resolve_device(params["train"]["device"])
     eval_x, eval_y = load_split("eval", device)

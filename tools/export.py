@@ -6,7 +6,8 @@ fresh clone, without DVC's experiment refs or its cache.
 Every experiment of HEAD (or those NAMES) goes to DIR/<name>/ (default archive/), in the layout
 tools/runs.py reads: its params.yaml; run.json with the experiment's commit, its code commit (HEAD), when
 it finished, and the host and the cores it ran on as far as this machine can say them (OMP_NUM_THREADS,
-when set); and one folder per variant with the metrics files the run wrote, summary.json as it is (its
+when set); and one folder per variant (those whose metrics/<variant>/summary.json the experiment's
+dvc.lock lists) with the metrics files the run wrote, summary.json as it is (its
 `shards`, which decided the bits, and `workers`, which decided the speed). A name
 that another experiment's folder already holds gets a suffix (-2, -3, ...). Each run folder is committed
 alone as soon as it is written, whatever else is staged (--no-commit: written only).
@@ -22,13 +23,14 @@ from pathlib import Path
 
 from lenet_mixup import paths
 from lenet_mixup.stage import UserError, atomic_output, run
-from tools.runs import ARCHIVED, PARAMS_FILE, cache_dir, experiment_refs, git, read_output
+from tools.runs import ARCHIVED, PARAMS_FILE, cache_dir, experiment_refs, git, locked_variants, read_output
 
 
 def export(name, ref, archive, cache, host=None, threads=None):
     """Write experiment `ref` to archive/<name>/; returns that folder, or None if no variant finished."""
     sha = git("rev-parse", ref)
-    texts = {v: {f: read_output(sha, f"{paths.METRICS}/{v}/{f}", cache) for f in ARCHIVED} for v in paths.VARIANTS}
+    texts = {v: {f: read_output(sha, f"{paths.METRICS}/{v}/{f}", cache) for f in ARCHIVED}
+             for v in locked_variants(sha)}
     finished = {v: files for v, files in texts.items() if None not in files.values()}
     if not finished:
         return None
@@ -62,10 +64,9 @@ def commit(folder):
     if not git("status", "--porcelain", "--", str(folder)):
         return False
     finals = []
-    for variant in paths.VARIANTS:
-        if (folder / variant / "summary.json").is_file():
-            summary = json.loads((folder / variant / "summary.json").read_text())
-            finals.append(f"{variant} {summary.get('final_eval_acc', float('nan')):.4f}")
+    for summary_file in sorted(folder.glob("*/summary.json")):  # a folder per variant
+        summary = json.loads(summary_file.read_text())
+        finals.append(f"{summary_file.parent.name} {summary.get('final_eval_acc', float('nan')):.4f}")
     message = f"Run {folder.name}: final eval accuracy {', '.join(finals)}"
     for attempt in range(30):
         result = subprocess.run(["git", "add", "--", str(folder)], capture_output=True, text=True)

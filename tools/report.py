@@ -7,17 +7,20 @@ It reads the experiments of HEAD (`dvc exp show --json`, or a saved copy) or an 
 (tools/runs.py), writes <out>/report.md and <out>/report.png (default reports/), prints the Markdown.
 
 Configurations: the results grouped by variant and by the params that vary among them, less the seed,
-which pairs them. A variant's results depend only on the params of the stages that write its metrics
-and of those upstream (dvc.yaml): the baseline of runs that differ only in mixup params is one
-computation (DVC restores it from its run-cache), counted once per seed. A param a run lacks reads as
-null, so runs from before and after it was added never pool (--absent KEY=VALUE: what they had). HEAD's
-own row counts only where its params are a point of the experiments' grid, and then once.
+which pairs them. A run's variants are those whose metrics it holds, whatever their names. A variant's
+results depend only on the params of the stages that write its metrics and of those upstream (dvc.yaml
+as DVC resolves it for the variants): the baseline of runs that differ only in mixup params, or only in
+the variants they list, is one computation (DVC restores it from its run-cache), counted once per seed.
+A param a run lacks reads as null, so runs from before and after it was added never pool (--absent
+KEY=VALUE: what they had). HEAD's own row counts only where its params are a point of the experiments'
+grid, and then once. Colours: plotting.colors, in the order of the runs' `variants` lists.
 Per configuration, every metric of the claims file: mean ± SD (n). Against each reference (--reference;
 default variant=baseline, else the smallest value of the x axis' param): each configuration minus itself
 at the reference's value, paired by seed, with its 95% t-interval (tools/stats.py); the claims likewise.
 """
 import argparse
 import math
+import re
 from collections import Counter, namedtuple
 from pathlib import Path
 
@@ -26,9 +29,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lenet_mixup import paths  # noqa: E402
-from lenet_mixup.params import read_yaml  # noqa: E402
-from lenet_mixup.plotting import COLORS, style  # noqa: E402
+from lenet_mixup import variant  # noqa: E402
+from lenet_mixup.params import VARIANTS, read_yaml  # noqa: E402
+from lenet_mixup.plotting import colors, style  # noqa: E402
 from lenet_mixup.stage import UserError, atomic_output, run  # noqa: E402
 from tools import runs, stats  # noqa: E402
 
@@ -104,14 +107,29 @@ def assignment(text, option):
 
 # ---------------------------------------------------------------- the results, grouped
 
+def variant_order(results):
+    """The variants in the order of the runs' `variants` lists (the pipeline's colours follow it), then the
+    reference, then any other (a run from before the list names none) by name."""
+    listed = [v for r in results if isinstance(r.params.get(VARIANTS), list) for v in r.params[VARIANTS]]
+    return list(dict.fromkeys([*listed, variant.REFERENCE, *sorted(r.variant for r in results)]))
+
+
+def depends_on(variants):
+    """{variant: the params its results depend on}: dvc.yaml's stages as DVC resolves them for this
+    workspace's params.yaml listing `variants` (the results' own: a run may list others than HEAD)."""
+    params = read_yaml(Path(runs.PARAMS_FILE).read_text()) if Path(runs.PARAMS_FILE).is_file() else None
+    stages = runs.pipeline_stages(read_yaml(Path("dvc.yaml").read_text()), {**(params or {}), VARIANTS: variants})
+    return runs.variant_params(stages)
+
+
 class Study:
     """The results grouped into configurations, each {seed: result}, each computation once."""
 
     def __init__(self, results, depends_on):
         self.keys = list(dict.fromkeys(k for r in results for k in r.params))
-        values = {k: {freeze(r.params.get(k)) for r in results} for k in self.keys}
-        self.varying = [k for k in self.keys if len(values[k]) > 1 and k != SEED]
         self.depends_on = depends_on
+        self.variants = variant_order(results)
+        self.colors = colors(self.variants)
         self.first = {}  # {key: [value]}: the references' values, shown before the others
         self.groups, self.merged = {}, 0
         for r in results:
@@ -120,6 +138,10 @@ class Study:
                 self.merged += 1  # the same variant with the same params: the same computation
             else:
                 seeds[r.params.get(SEED)] = r
+        # Swept: a param with more than one value among the configurations. One that no variant's results
+        # depend on (`variants`, which only compare reads) is no configuration's, and none of these.
+        values = {k: {v for c in self.groups for key, v in c.params if key == k} for k in self.keys}
+        self.varying = [k for k in self.keys if len(values[k]) > 1 and k != SEED]
 
     def config(self, variant, params):
         keys = [k for k in self.keys if k != SEED and runs.depends(k, self.depends_on.get(variant, ()))]
@@ -135,8 +157,8 @@ class Study:
         return sorted(found, key=lambda v: order(v, self.first.get(key, ())))
 
     def ordered(self):
-        """The configurations: baseline first, then by the swept params' values."""
-        return sorted(self.groups, key=lambda c: (c.variant != "baseline", c.variant, [
+        """The configurations: by variant (variant_order), then by the swept params' values."""
+        return sorted(self.groups, key=lambda c: (self.variants.index(c.variant), [
             order(v, self.first.get(k, ())) for k, v in c.params if k in self.varying]))
 
     def label(self, config, omit=()):
@@ -158,8 +180,9 @@ class Study:
         return ref if ref != config and ref in self.groups else None
 
     def check(self, selector, where):
-        if selector.get("variant", paths.VARIANTS[0]) not in paths.VARIANTS:
-            raise UserError(f"{where}: variant {selector['variant']!r}: the variants are {', '.join(paths.VARIANTS)}")
+        known = list(dict.fromkeys([*self.variants, *variant.available()]))  # the results' and the modules'
+        if "variant" in selector and selector["variant"] not in known:
+            raise UserError(f"{where}: variant {selector['variant']!r}: the variants are {', '.join(known)}")
         unknown = [k for k in selector if k != "variant" and k not in self.keys]
         if unknown:
             raise UserError(f"{where}: no run has the param {', '.join(unknown)}; params: {', '.join(self.keys)}")
@@ -315,7 +338,7 @@ def figure(study, metrics, claim_rows):
 
 
 def draw_line(ax, study, configs, metric, xs, x_key, dash, offset):
-    color = COLORS.get(configs[0].variant, "0.3")
+    color = study.colors[configs[0].variant]
     label = study.label(configs[0], omit=(x_key,))
     if x_key not in dict(configs[0].params):  # does not depend on x: a level line, its SD a band
         s = stats.spread(study.series(configs[0], metric).values())
@@ -371,9 +394,18 @@ def load(saved_json=None, archive=None, absent=None, variants=None):
             for key, value in (absent or {}).items():
                 r.params.setdefault(key, value)
         return [r for r in results if not variants or r.variant in variants]
+
+    def check(results):
+        unknown = sorted(set(variants or ()) - {r.variant for r in results})
+        if unknown:
+            raise UserError(f"--variant {', '.join(unknown)}: no run has results of it; the runs' variants: "
+                            f"{', '.join(sorted({r.variant for r in results})) or 'none'}")
     if archive:
-        return fill(runs.read_archive(archive)), f"Source: the archive `{archive}`."
+        found = runs.read_archive(archive)
+        check(found)
+        return fill(found), f"Source: the archive `{archive}`."
     experiments, heads = runs.read_experiments(runs.shown_experiments(saved_json))
+    check(experiments + heads)
     results, at_head = counted(fill(experiments), fill(heads))
     commit = heads[0].info["code_commit"][:7] if heads else "HEAD"
     return results, (f"Source: {f'`{saved_json}`, a saved' if saved_json else 'the'} `dvc exp show --json`: the "
@@ -389,9 +421,9 @@ def report(results, source, claims_file=CLAIMS, references=(), absent=None, out=
     if not Path("dvc.yaml").is_file():
         raise UserError("no dvc.yaml here: run the report from the project's root")
     metrics, claims = read_claims(claims_file)
-    study = Study(results, runs.variant_params(read_yaml(Path("dvc.yaml").read_text())))
-    if not references and any(c.variant == "baseline" for c in study.groups):
-        references = [{"variant": "baseline"}]
+    study = Study(results, depends_on(sorted({r.variant for r in results})))
+    if not references and any(c.variant == variant.REFERENCE for c in study.groups):
+        references = [{"variant": variant.REFERENCE}]
     elif not references and study.x_key():
         references = [{study.x_key(): study.values(study.x_key())[0]}]
     for ref in references:
@@ -422,7 +454,8 @@ def main():
                              "variant=baseline, else the swept param's smallest value)")
     parser.add_argument("--absent", action="append", default=[], metavar="KEY=VALUE",
                         help="the value of a param in the runs that lack it (default: null, a value of its own)")
-    parser.add_argument("--variant", action="append", choices=paths.VARIANTS, help="only this variant's results")
+    parser.add_argument("--variant", action="append", metavar="NAME", help="only this variant's results "
+                                                                          "(repeatable)")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="where report.md and report.png go "
                                                                           "(default reports)")
     args = parser.parse_args()
@@ -430,7 +463,16 @@ def main():
     absent = {k: v for text in args.absent for k, v in assignment(text, "--absent").items()}
     results, source = load(args.json, args.archive, absent, args.variant)
     text = report(results, source, args.claims, references, absent, args.out)
-    print(text + f"wrote {args.out / 'report.md'} and {args.out / 'report.png'}")
+    print(summary(text) + f"The full report, every metric per configuration and the paired differences: "
+          f"{args.out / 'report.md'} (and {args.out / 'report.png'})")
+
+
+def summary(text):
+    """What the terminal shows of a report: what it rests on, and the claims' verdicts."""
+    sections = re.split(r"(?m)^(?=## )", text)
+    intro = [line for line in sections[0].splitlines() if line.startswith(("Source:", "#")) or "results in" in line]
+    claims = [s for s in sections if s.startswith("## Claims")]
+    return "\n".join(intro) + "\n\n" + "".join(claims)
 
 
 if __name__ == "__main__":

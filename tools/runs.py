@@ -1,28 +1,34 @@
 """The one run reader: the results of sweeps and studies, from DVC's experiments or from an archive.
 
 A result is one variant's metrics from one run, with the params that run had. Two sources:
-- experiments: `dvc exp show --json` (or a saved copy). Every experiment holds both variants'
-  results (metrics/<variant>/summary.json and evaluation.json). The baseline commit's rows (HEAD)
-  are kept apart: the report counts them only where they are a point of the experiments' grid.
+- experiments: `dvc exp show --json` (or a saved copy). Every experiment holds the results of the
+  variants its params listed (metrics/<variant>/summary.json and evaluation.json). The baseline
+  commit's rows (HEAD) are kept apart: the report counts them only where they are a point of the
+  experiments' grid.
 - an archive folder (`python -m tools.export`, `python -m tools.sweep --archive`, study/runs/):
       <archive>/<run>/params.yaml     the run's params, as it had them
       <archive>/<run>/run.json        how it ran, as far as it was known: code_commit, host, threads, ...
       <archive>/<run>/<variant>/      that variant's metrics files, as metrics/<variant>/ held them
                                       (summary.json, evaluation.json, epochs.tsv, fgsm.tsv, reliability.tsv)
+A run's variants are read from these paths (metrics/<variant>/, <run>/<variant>/), never from a list of
+names: a run of a variant added since, or of one since removed, reads as any other.
 Also here, because the sweep, the export and the report all need them: git and DVC commands, a file
-as an experiment holds it, and which params each variant's results depend on (from dvc.yaml).
+as an experiment holds it, and which params each variant's results depend on (dvc.yaml's stages as DVC
+resolves them for a run's params: its `foreach` stages make one stage per listed variant).
 """
+import hashlib
 import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
 
 from ruamel.yaml import YAMLError
 
 from lenet_mixup import paths
-from lenet_mixup.params import read_yaml
+from lenet_mixup.params import dump_yaml, read_yaml
 from lenet_mixup.stage import UserError
 
 PARAMS_FILE = "params.yaml"
@@ -38,6 +44,15 @@ class Result:
     files: dict  # {"summary": summary.json, "evaluation": evaluation.json}
     info: dict = field(default_factory=dict)  # run.json; for an experiment, its code commit
     folder: Path | None = None  # <archive>/<run>/<variant>/
+
+
+def variant_of(path, name=None):
+    """The variant whose results `path` is one of (metrics/<variant>/..., or exactly
+    metrics/<variant>/<name>), else None."""
+    parts = PurePosixPath(path).parts
+    if len(parts) < 3 or parts[0] != paths.METRICS.as_posix() or name and parts[2:] != (name,):
+        return None
+    return parts[1]
 
 
 def flatten(params, prefix=""):
@@ -81,8 +96,8 @@ def row_results(row, commit):
     if row.get("error") or not isinstance(params, dict):
         return []
     found = []
-    for variant in paths.VARIANTS:
-        files = {name: (metrics.get(f"metrics/{variant}/{name}.json") or {}).get("data") for name in READ}
+    for variant in [v for path in metrics if (v := variant_of(path, "summary.json"))]:
+        files = {name: (metrics.get(f"{paths.METRICS}/{variant}/{name}.json") or {}).get("data") for name in READ}
         if all(isinstance(f, dict) for f in files.values()):
             found.append(Result(row.get("name") or row["rev"][:7], variant, flatten(params), files,
                                 {"code_commit": commit}))
@@ -105,10 +120,18 @@ def experiment_params(commit):
     return found
 
 
+def locked_variants(commit):
+    """The variants whose results experiment `commit` holds: those of the metrics/<variant>/summary.json
+    among its dvc.lock's outputs, in the lock's order."""
+    lock = read_yaml(git("show", f"{commit}:dvc.lock", check=False) or "{}") or {}
+    return [v for stage in (lock.get("stages") or {}).values() for out in stage.get("outs") or []
+            if (v := variant_of(out.get("path", ""), "summary.json"))]
+
+
 def summaries(commit, cache):
     """{variant: summary.json} of an experiment, for the variants whose summary can be read."""
     found = {}
-    for variant in paths.VARIANTS:
+    for variant in locked_variants(commit):
         text = read_output(commit, str(paths.summary_json(variant)), cache)
         if text:
             found[variant] = json.loads(text)
@@ -160,6 +183,26 @@ def dvc(*args, cwd=None, check=True):
     return result
 
 
+def git_md5s(commit, files):
+    """{path: md5 of its content} of the `files` that are files in `commit`: the hash DVC 3 records for a
+    file dependency (`hash: md5`). One `git cat-file --batch` for them all."""
+    files = sorted(files)
+    batch = subprocess.run(["git", "cat-file", "--batch"], input="".join(f"{commit}:{f}\n" for f in files).encode(),
+                           capture_output=True, check=True).stdout
+    found, at = {}, 0
+    for path in files:
+        header_end = batch.index(b"\n", at)
+        header = batch[at:header_end].split()
+        at = header_end + 1
+        if header[-1] == b"missing":
+            continue
+        size = int(header[2])
+        if header[1] == b"blob":
+            found[path] = hashlib.md5(batch[at:at + size]).hexdigest()
+        at += size + 1
+    return found
+
+
 def last_line(text):
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
@@ -169,16 +212,17 @@ def last_line(text):
 
 def read_archive(archive):
     """Every result in an archive folder; a run folder that is not a finished run is one error naming it.
-    Folders whose name starts with '.' are runs being written."""
+    Folders whose name starts with '.' are runs being written. A run's variants are its subfolders that
+    hold its metrics files (one that lacks summary.json is a run half-written: an error)."""
     archive = Path(archive)
     if not archive.is_dir():
         raise UserError(f"no archive folder {archive}")
     found = []
     for run in sorted(p for p in archive.iterdir() if p.is_dir() and not p.name.startswith(".")):
         params, info = read_file(run / PARAMS_FILE, read_yaml), read_file(run / "run.json", json.loads)
-        variants = [run / v for v in paths.VARIANTS if (run / v).is_dir()]
+        variants = [p for p in sorted(run.iterdir()) if p.is_dir() and any((p / f).is_file() for f in ARCHIVED)]
         if not variants:
-            raise UserError(f"{run}: no {' or '.join(paths.VARIANTS)} folder: not an archived run")
+            raise UserError(f"{run}: no variant folder (<variant>/summary.json): not an archived run")
         for folder in variants:
             files = {name: read_file(folder / f"{name}.json", json.loads) for name in READ}
             found.append(Result(run.name, folder.name, flatten(params), files, info, folder))
@@ -200,8 +244,19 @@ def read_file(path, parse):
 
 # ---------------------------------------------------------------- what results depend on
 
-def pipeline_stages(dvc_yaml):
-    return {n: s for n, s in (dvc_yaml.get("stages") or {}).items() if isinstance(s, dict) and "cmd" in s}
+def pipeline_stages(dvc_yaml, params):
+    """{stage: its definition} of dvc.yaml as DVC resolves it for `params` (a run's params.yaml): each
+    `foreach` stage becomes one stage per item (`train@mixup`, ...), its `${item}` filled in. DVC's own
+    resolver, on a params.yaml held in memory: no repository, no files read."""
+    from dvc.fs import MemoryFileSystem
+    from dvc.parsing import DataResolver, ResolveError
+    fs = MemoryFileSystem(global_store=False)
+    fs.pipe({PARAMS_FILE: dump_yaml(params).encode()})
+    try:
+        stages = DataResolver(SimpleNamespace(fs=fs, config={}), "", dvc_yaml).resolve()["stages"]
+    except ResolveError as e:
+        raise UserError(f"dvc.yaml with these params: {' '.join(str(e).split())}") from None
+    return {n: s for n, s in stages.items() if isinstance(s, dict) and "cmd" in s}
 
 
 def stage_outputs(stage):
@@ -214,13 +269,29 @@ def stage_outputs(stage):
     return found
 
 
-def stage_params(dvc_yaml):
-    """{stage: the params it reads, itself or through a stage upstream of it} (dvc.yaml `params:`)."""
-    stages = pipeline_stages(dvc_yaml)
+def inside(path, folder):
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def upstream(stages):
+    """{stage: the stages it depends on directly}, of resolved stages (pipeline_stages). A stage is upstream
+    of another when an output of it is, holds or lies in a dependency of the other (compare depends on the
+    whole metrics/ folder, the variants' outputs in it)."""
     outs = {n: [path for path, _ in stage_outputs(s)] for n, s in stages.items()}
-    upstream = {n: {m for m in stages for dep in s.get("deps") or [] for out in outs[m]
-                    if m != n and (dep == out or dep.startswith(out.rstrip("/") + "/"))}
-                for n, s in stages.items()}
+    return {n: {m for m in stages for dep in deps(s) for out in outs[m]
+                if m != n and (inside(dep, out) or inside(out, dep))}
+            for n, s in stages.items()}
+
+
+def deps(stage):
+    """The paths a resolved stage depends on."""
+    return [d for d in stage.get("deps") or [] if isinstance(d, str)]
+
+
+def stage_params(stages):
+    """{stage: the params it reads, itself or through a stage upstream of it}, of resolved stages
+    (pipeline_stages)."""
+    upstream_of = upstream(stages)
     reads = {n: {p for entry in s.get("params") or [] for p in param_keys(entry)} for n, s in stages.items()}
     found = {}
     for name in stages:
@@ -229,17 +300,20 @@ def stage_params(dvc_yaml):
             stage = stack.pop()
             if stage not in seen:
                 seen.add(stage)
-                stack.extend(upstream[stage])
+                stack.extend(upstream_of[stage])
         found[name] = set().union(*(reads[s] for s in seen))
     return found
 
 
-def variant_params(dvc_yaml):
-    """{variant: the params its results depend on}: those of the stages that write metrics/<variant>/."""
-    params = stage_params(dvc_yaml)
-    return {v: set().union(*(params[n] for n, s in pipeline_stages(dvc_yaml).items()
-                             if any(path.startswith(f"{paths.METRICS}/{v}/") for path, _ in stage_outputs(s))))
-            for v in paths.VARIANTS}
+def variant_params(stages):
+    """{variant: the params its results depend on}: those of the stages that write metrics/<variant>/,
+    for every variant some stage of `stages` (resolved: pipeline_stages) writes results of."""
+    params, found = stage_params(stages), {}
+    for name, stage in stages.items():
+        for path, _ in stage_outputs(stage):
+            if variant := variant_of(path):
+                found.setdefault(variant, set()).update(params[name])
+    return found
 
 
 def param_keys(entry):

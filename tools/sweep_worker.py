@@ -7,10 +7,13 @@ project's requirements, not a checkout of the project) that:
 1. clones the project's git repository at the sweep's commit into a temp folder of its own;
 2. points DVC at a cache shared by every run on the node (`cache.dir`, files linked into the clone,
    never copied): on one machine the workspace's own cache, across machines a node cache fed from
-   the DVC remote (`dvc fetch --run-cache` first, so a stage any earlier run pushed is restored);
+   the DVC remote (`dvc fetch --run-cache` first, so a stage any earlier run pushed is restored, and
+   `dvc pull` of HEAD's outputs that lie in a folder a stage depends on, which `--pull` would miss);
 3. links data/resume, where the training stages keep their per-epoch resume state, to the run's
    resume folder outside the clone, so that the run resumes if it runs again after an interruption;
-4. runs `dvc exp run -n NAME -S ...` there, torch limited to the task's threads;
+4. runs `dvc exp run -n NAME -S ...` there, torch limited to the task's threads, its output into a log
+   that a thread follows: each stage DVC runs, each epoch a training stage ends and the epoch a resumed
+   one picks up after go to the Ray task as PROGRESS lines, and from it to the driver's queue;
 5. sends the experiment back: on one machine `git push` of its ref into the workspace (its outputs
    are already in the shared cache); across machines `dvc exp push --run-cache` to the git and DVC
    remotes, from which the driver pulls it;
@@ -21,7 +24,9 @@ The supervisor watches the Ray worker that started it: when Ray kills the worker
 cancelled task) or the worker dies, the supervisor kills the commands it started and removes its
 folder, and Ray retries the task from scratch. It is not the worker's child (it forks away at once):
 Ray kills a dead worker's children outright, which would leave no one to clean up. Only the standard
-library is used here: Ray ships this module by value to nodes that have no copy of it.
+library is used here: Ray ships this module by value to nodes that have no copy of it. (The Ray task
+reports through the queue the driver passes it, a `ray.util.queue.Queue`: through Ray, so nodes need
+share no file system with the driver, and by its methods alone, so this module imports no Ray.)
 """
 import json
 import os
@@ -35,7 +40,14 @@ import threading
 import time
 
 RESULT_MARK = "SWEEP-RESULT "
+PROGRESS_MARK = "SWEEP-PROGRESS "
 LOG_TAIL_LINES = 15
+FOLLOW_SECONDS = 0.5  # how often the supervisor reads what its log has gained
+# The lines of a run's log the driver shows: DVC starting a stage, a training stage's line per epoch
+# (lenet_mixup/training.py), and its line when it resumes from a saved state.
+STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
+EPOCH_LINE = re.compile(r"^\S+ epoch (\d+)/(\d+)(?: \(mixed\))?: .*eval acc ([\d.]+), .* ([\d.]+) s$")
+RESUMED_LINE = re.compile(r"^resuming \S+ after epoch (\d+) from ")
 
 
 def run_experiment(spec):
@@ -46,15 +58,78 @@ def run_experiment(spec):
     """
     started = time.time()
     source = spec.pop("worker_source")
+    report = Reporter(spec.pop("progress", None), spec["name"])
+    report({"state": "running"})  # each attempt says so: the driver counts them
     spec = {**spec, "worker_pid": os.getpid()}
     proc = subprocess.Popen([sys.executable, "-c", source, json.dumps(spec)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
-    out = proc.stdout.read()  # until the supervisor (the launcher's fork) exits
+    out = []
+    for line in proc.stdout:  # until the supervisor (the launcher's fork) exits
+        if line.startswith(PROGRESS_MARK):
+            report(json.loads(line[len(PROGRESS_MARK):]))
+        else:
+            out.append(line)
     proc.wait()
-    for line in reversed(out.splitlines()):
+    for line in reversed(out):
         if line.startswith(RESULT_MARK):
             return {**json.loads(line[len(RESULT_MARK):]), "seconds": round(time.time() - started, 1)}
-    raise RuntimeError(f"the run's supervisor exited with {proc.returncode} and no result: {out.strip()[-2000:]}")
+    text = "".join(out).strip()[-2000:]
+    raise RuntimeError(f"the run's supervisor exited with {proc.returncode} and no result: {text}")
+
+
+class Reporter:
+    """Puts a run's progress, named after it, on the driver's queue (a `ray.util.queue.Queue`, None: nowhere).
+    A queue gone (the driver stopped) ends the reports, never the run."""
+
+    def __init__(self, queue, name):
+        self.queue, self.name = queue, name
+
+    def __call__(self, event):
+        if self.queue is None:
+            return
+        try:
+            self.queue.put_nowait({**event, "name": self.name})
+        except Exception:  # whatever Ray raises for an actor that is gone: the run goes on unreported
+            self.queue = None
+
+
+def progress_event(line):
+    """What the driver shows of one line of a run's log, or None: {"stage"} DVC starts running,
+    {"epoch", "epochs", "eval_acc", "seconds"} a training stage ended, {"resumed"} the epoch it resumed after."""
+    line = line.strip()
+    if m := STAGE_LINE.match(line):
+        return {"stage": m.group(1)}
+    if m := EPOCH_LINE.match(line):
+        return {"epoch": int(m.group(1)), "epochs": int(m.group(2)), "eval_acc": float(m.group(3)),
+                "seconds": float(m.group(4))}
+    if m := RESUMED_LINE.match(line):
+        return {"resumed": int(m.group(1))}
+    return None
+
+
+class Follow(threading.Thread):
+    """Follows a log as it grows and prints a PROGRESS line for each line of it that progress_event reads."""
+
+    def __init__(self, path):
+        super().__init__(daemon=True)
+        self.path, self.stopping = path, threading.Event()
+
+    def run(self):
+        with open(self.path, errors="replace") as log:
+            pending = ""
+            while True:
+                last = self.stopping.wait(FOLLOW_SECONDS)
+                *lines, pending = (pending + log.read()).split("\n")
+                for line in lines:
+                    if (event := progress_event(line)) is not None:
+                        print(PROGRESS_MARK + json.dumps(event), flush=True)
+                if last:
+                    return
+
+    def stop(self):
+        """Read the log to its end, then stop."""
+        self.stopping.set()
+        self.join(timeout=5)
 
 
 class Stopped(Exception):
@@ -72,6 +147,7 @@ class Supervisor:
         self.repo = os.path.join(self.folder, "repo")
         self.log_path = os.path.join(self.folder, "log.txt")
         self.log = open(self.log_path, "a")
+        self.follow = Follow(self.log_path)
 
     def on_signal(self, signum, frame):
         if self.delivering:  # a ref half-pushed is worse than a run that finished: let the push end
@@ -109,6 +185,7 @@ class Supervisor:
         threads = str(self.spec["threads"])
         env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
                "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "DVC_NO_ANALYTICS": "1",
+               "PYTHONUNBUFFERED": "1",  # every line in the log as it is written: the driver follows it
                "DVC_SITE_CACHE_DIR": os.path.join(self.folder, "dvc-site"), "GIT_TERMINAL_PROMPT": "0"}
         env.pop("DVC_ROOT", None)
         return env
@@ -132,6 +209,8 @@ class Supervisor:
         if spec["mode"] == "remote":
             self.dvc("remote", "add", "--local", "--force", "--default", spec["dvc_remote"], spec["dvc_remote_url"])
             self.dvc("fetch", "--run-cache", "--type", "metrics", "-q")  # the run-cache entries alone
+            if spec["pull_first"]:  # outputs in a folder a stage depends on: `--pull` misses them
+                self.dvc("pull", "-q", *spec["pull_first"])
             self.dvc("exp", "run", "--pull", "--allow-missing", "-n", spec["name"], *overrides)
         else:
             self.dvc("exp", "run", "-n", spec["name"], *overrides)
@@ -148,6 +227,7 @@ class Supervisor:
     def run(self):
         result = {"name": self.spec["name"], "host": os.uname().nodename, "ok": False}
         try:
+            self.follow.start()
             self.execute()
             result["ok"] = True
         except subprocess.CalledProcessError:
@@ -155,6 +235,7 @@ class Supervisor:
         finally:
             self.stopping = True  # from here on a signal waits: the cleanup always finishes
             self.kill()
+            self.follow.stop()
             self.log.close()
             with open(self.log_path) as f:
                 log = f.read()

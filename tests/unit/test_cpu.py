@@ -1,0 +1,122 @@
+"""The CPU path's results depend on the configuration (train.shards), never on the workers or the load.
+
+Each op runs on one thread, a batch is cut into `shards` pieces whose gradients are summed in order,
+and an evaluation into chunks combined in order (lenet_mixup.cpu), so one worker and two give the
+same bits, and one shard is the plain textbook step.
+"""
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lenet_mixup import cpu, evaluation, robustness, steps, variant
+from lenet_mixup.params import load_params
+from tests.helpers import ROOT, TEST_PARAMS
+
+BATCH, STEPS = 50, 6
+TRAIN, CPU = TEST_PARAMS["train"], torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread_per_op():
+    threads = torch.get_num_threads()
+    cpu.use_one_thread_per_op()
+    yield
+    torch.set_num_threads(threads)
+
+
+def data():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(STEPS * BATCH, 3, 32, 32, generator=generator).contiguous(memory_format=torch.channels_last)
+    return x, torch.randint(0, 10, (len(x),), generator=generator), torch.randperm(len(x), generator=generator)
+
+
+def draws(name, steps_per_epoch):
+    """A variant's draws, as training draws an epoch of them, with its params in the project's params.yaml."""
+    return variant.load(name).draws(load_params(name, path=ROOT / "params.yaml")[name], steps_per_epoch, "cpu")
+
+
+def epoch(shards, workers, name=None, precision="fp32"):
+    """An epoch of train_epoch: plain (name None), or every batch mixed by variant `name`."""
+    x, y, order = data()
+    torch.manual_seed(0)
+    model, optimizer = steps.new_model_and_optimizer(CPU, TRAIN)
+    mix, epoch_draws = (variant.load(name).mix, draws(name, STEPS)) if name else (None, None)
+    losses = steps.train_epoch(model, optimizer, x, y, order, BATCH, STEPS, mix, epoch_draws, precision,
+                               shards=shards, workers=workers)
+    return losses, model.state_dict()
+
+
+def identical(a, b):
+    return torch.equal(a[0], b[0]) and all(torch.equal(p, q) for p, q in zip(a[1].values(), b[1].values(), strict=True))
+
+
+@pytest.mark.parametrize("name, precision", [(None, "fp32"), *((n, "fp32") for n in variant.available()),
+                                             ("mixup", "bf16"), ("cutmix", "bf16")],
+                         ids=["plain", *(f"{n}-mixed" for n in variant.available()), "mixup-bf16", "cutmix-bf16"])
+def test_the_bits_depend_on_the_shards_not_on_the_workers(name, precision):
+    torch.set_num_threads(2)  # whatever the caller had set: the pieces are computed one thread per op
+    two = epoch(2, 1, name, precision)
+    torch.set_num_threads(2)
+    assert identical(epoch(2, 2, name, precision), two)
+    assert identical(epoch(5, 3, name, precision), epoch(5, 1, name, precision))
+    assert not identical(epoch(1, 1, name, precision), two), "shards must change the arithmetic, or mean nothing"
+
+
+def test_one_shard_is_the_plain_step_to_the_last_bit():
+    x, y, order = data()
+    torch.manual_seed(0)
+    model, optimizer = steps.new_model_and_optimizer(CPU, TRAIN)
+    plain = []
+    for step in range(STEPS):
+        idx = order[step * BATCH:(step + 1) * BATCH]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        plain.append(loss.detach())
+    assert identical(epoch(1, 2), (torch.stack(plain), model.state_dict()))
+
+
+@pytest.mark.parametrize("name", variant.available())
+def test_shards_are_the_batch_gradient_up_to_rounding(name):
+    """Pieces weighted by their size: the summed gradients are the whole batch's, in float64 exactly so. The batch
+    is mixed whole, then cut: each piece's images keep their partners from the whole batch."""
+    x, y, _ = data()
+    x, y = x[:BATCH].double(), y[:BATCH]
+    torch.manual_seed(0)
+    mix = functools.partial(variant.load(name).mix, draw=draws(name, 1)[0])
+    results = []
+    for shards in (1, 3):
+        torch.manual_seed(0)
+        model, optimizer = steps.new_model_and_optimizer(CPU, TRAIN)
+        model.double()
+        steps.train_step(model, optimizer, x, y, mix, shards=shards)
+        results.append([p.grad for p in model.parameters()])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_evaluation_and_fgsm_are_the_same_on_any_number_of_workers(workers, monkeypatch):
+    """Chunks over workers, combined in order: the same as one chunk after another, and as one chunk of all;
+    and FGSM's gradient, computed once for every epsilon, gives what an attack per epsilon gives."""
+    x, y, _ = data()
+    x, y = x[:2 * evaluation.EVAL_CHUNK // 10 * 10], y[:2 * evaluation.EVAL_CHUNK // 10 * 10]
+    torch.manual_seed(0)
+    model, _ = steps.new_model_and_optimizer(CPU, TRAIN)
+    monkeypatch.setattr(evaluation, "EVAL_CHUNK", 70)  # several chunks, the last one short
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    one = evaluation.evaluate(model, x, y), evaluation.predict(model, x)
+    epsilons = [0.0, 1 / 255, 8 / 255]
+    attacked = [sum((model(robustness.fgsm(model, x[i:i + 70], y[i:i + 70], e)).argmax(1) == y[i:i + 70]).sum().item()
+                    for i in range(0, len(x), 70)) / len(x) for e in epsilons]
+    monkeypatch.setenv("OMP_NUM_THREADS", workers)
+    assert evaluation.evaluate(model, x, y) == one[0]
+    monkeypatch.setattr(evaluation, "EVAL_CHUNK", 1000)  # one chunk: the same bits
+    assert evaluation.evaluate(model, x, y) == one[0] and torch.equal(evaluation.predict(model, x), one[1])
+    monkeypatch.setattr(evaluation, "EVAL_CHUNK", 70)
+    assert torch.equal(evaluation.predict(model, x), one[1])
+    assert robustness.fgsm_accuracies(model, x, y, epsilons) == attacked
+    assert model.training, "evaluation puts the model back in training mode"

@@ -1,0 +1,371 @@
+"""The CUDA path on a real GPU: GraphedEpochs (the whole training step captured once as a CUDA graph and
+replayed) and training.train_variant on CUDA. Every test but the last two needs CUDA and is skipped, saying
+why, where there is none; bench/gpu_check.sh runs them on a GPU machine. The last two run that script's CPU
+smoke mode and its staging, so that the device check cannot rot unnoticed on machines without a GPU.
+
+How closely things must agree, and why:
+- Graph against eager steps, float32 as the stages train (resolve_device: TF32 off, cuDNN deterministic):
+  bitwise equal. A replay
+  launches the kernels recorded from the very step that the eager runner runs, on the same inputs, so not
+  one bit may differ. (With cuDNN free to choose algorithms whose weight gradients sum with atomics, two
+  runs of the same step differ by rounding, and Adam magnifies that over the steps, as tests/test_fast_path.py
+  explains; that would hide nothing but prove nothing either, hence the float64 tests.)
+- Graph on CUDA against eager steps or against the CPU path, in float64, cuDNN as the stages leave it: the
+  tolerances of tests/test_fast_path.py, losses rtol 1e-6 (they are stored as float32), weights rtol and
+  atol 1e-9. float64 rounding is ~1e-16; a real difference (another batch, draw, missed or repeated step)
+  moves weights by ~lr = 1e-3 and losses by far more than 1e-6.
+Each graph test runs every variant in the registry (lenet_mixup/variant.py): its plain epochs (the captured
+step replayed with the variant's NO_MIX draws) and, for a variant that mixes, its mixed epochs.
+- Whole training runs (train_variant) on CUDA: rows equal to the last digit, as on the CPU (the stages
+  run cuDNN's deterministic algorithms for that); a resume that leaves the CUDA generator alone must
+  differ, so the kill-and-resume test can fail.
+"""
+import contextlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lenet_mixup import paths, training, variant
+from lenet_mixup.device import resolve_device
+from lenet_mixup.evaluation import evaluate
+from lenet_mixup.params import load_params
+from lenet_mixup.steps import GraphedEpochs, new_model_and_optimizer, train_epoch
+from tests.helpers import ROOT, TEST_PARAMS, curve, dvc_env, killed_after, synthetic_split, write_archive
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                          reason="no CUDA device: these tests run on a GPU machine (bench/gpu_check.sh runs them)")
+
+BATCH, STEPS = 50, 12  # 12 steps: GraphedEpochs.WARMUP (3) eager, then capture, then 9 replays
+TRAIN = {**TEST_PARAMS["train"], "epochs": 4}
+# The epochs each graph test trains, in order: False a plain epoch, True one mixed with an epoch of draws.
+SEQUENCES = {"plain": [False, False, False], "mixed": [True, True, True],
+             "plain-then-mixed": [False, True, True]}  # a stage's order with warmup 1
+# Each variant's params: the tests' pinned ones, or for a variant they do not pin, the project's params.yaml.
+PARAMS = {name: TEST_PARAMS[name] if name in TEST_PARAMS else load_params(name, path=ROOT / "params.yaml")[name]
+          for name in variant.available()}
+MIXING = [name for name in variant.available() if variant.load(name).mixing_from(PARAMS[name]) is not None]
+# (variant, sequence) for every variant: its plain epochs, and its mixed ones if it ever mixes.
+CASES = [(name, sequence) for name in variant.available() for sequence in SEQUENCES
+         if name in MIXING or sequence == "plain"]
+IDS = [f"{name}-{sequence}" for name, sequence in CASES]
+
+
+@pytest.fixture
+def stage_cuda():
+    """CUDA set up as the stages set it up (resolve_device: TF32 off); every setting restored afterwards."""
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    device = resolve_device("cuda")
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    yield device
+    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) = flags
+
+
+def data(device, dtype=torch.float32, steps=STEPS, seed=0):
+    """Random images (channels_last, as load_split gives them) and labels for `steps` batches and 30 over."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(steps * BATCH + 30, 3, 32, 32, generator=generator, dtype=dtype)
+    y = torch.randint(0, 10, (len(x),), generator=generator)
+    return x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
+
+
+def epochs(name, kinds, images, steps=STEPS, seed=1):
+    """One (order, the variant's draws or None) per epoch, drawn on the CPU: the same for every runner compared."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    draws = variant.load(name).draws
+    return [(torch.randperm(images, generator=generator), draws(PARAMS[name], steps, "cpu") if mixed else None)
+            for mixed in kinds]
+
+
+def mixed_epochs(name, train):
+    """What train_variant reports for a variant that mixes: its epochs from the first mixed one on."""
+    return max(0, train["epochs"] - variant.load(name).mixing_from(PARAMS[name]))
+
+
+def on(device, order, draws):
+    return order.to(device), draws.to(device) if draws is not None else None
+
+
+def runner(x, y, name, dtype=torch.float32, steps=STEPS, precision="fp32", eager=False, capturable=True):
+    """A GraphedEpochs of variant `name` over a fresh model and optimizer made as the stages make them (seed 0).
+
+    eager=True: its step runs eagerly, never captured, the way it runs when capture has failed.
+    """
+    torch.manual_seed(0)
+    model, optimizer = new_model_and_optimizer(x.device, TRAIN)
+    model.to(dtype)  # in place: the optimizer keeps its parameters
+    if not capturable:  # torch.optim's fused Adam, not capturable: torch refuses to capture its step
+        optimizer = torch.optim.Adam(model.parameters(), lr=TRAIN["lr"], betas=(0.9, 0.999), eps=1e-7, fused=True)
+    graphed = GraphedEpochs(model, optimizer, x, y, BATCH, steps, variant.load(name), precision)
+    if eager:
+        graphed.capture_error = "the eager reference"
+    return graphed
+
+
+def state(graphed):
+    """Every tensor that training changes: the weights and Adam's moments and step counts (torch.optim's
+    Adam, one dict per parameter)."""
+    tensors = {f"weight {name}": p for name, p in graphed.model.named_parameters()}
+    for i, p in enumerate(graphed.model.parameters()):
+        adam = graphed.optimizer.state[p]
+        assert adam, f"parameter {i} has no Adam state: no step has run"
+        tensors.update({f"adam {key} of parameter {i}": v for key, v in adam.items()})
+    return tensors
+
+
+def assert_bitwise(graphed_losses, eager_losses, graphed, eager, where):
+    diffs = {"losses": (graphed_losses - eager_losses).abs().max().item()}
+    a, b = state(graphed), state(eager)
+    assert a.keys() == b.keys()
+    diffs.update({k: (a[k].double() - b[k].double()).abs().max().item() for k in a})
+    unequal = {k: d for k, d in diffs.items() if d != 0}  # NaN != 0 too
+    assert not unequal, (f"{where}: graph replay and eager steps differ (max |difference|: {unequal}); if the "
+                         "float64 tests pass, the graph computes the same and a kernel is nondeterministic")
+
+
+def assert_close_state(a, b, where):
+    for name, tensor in state(a).items():
+        torch.testing.assert_close(tensor.double().cpu(), state(b)[name].double().cpu(), rtol=1e-9, atol=1e-9,
+                                   msg=lambda m, n=name: f"{where}, {n}: {m}")
+
+
+@contextlib.contextmanager
+def host_syncs_raise():
+    """torch.cuda.set_sync_debug_mode("error") inside, whatever it was before restored after."""
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
+
+
+@cuda
+@pytest.mark.parametrize("name, sequence", CASES, ids=IDS)
+def test_graph_replay_equals_eager_steps_bitwise_in_float32(stage_cuda, name, sequence):
+    """Three epochs in a row: the first runs the WARMUP eager steps, captures, and replays the rest."""
+    x, y = data(stage_cuda)
+    graphed, eager = runner(x, y, name), runner(x, y, name, eager=True)
+    for number, (order, draws) in enumerate(epochs(name, SEQUENCES[sequence], len(x)), 1):
+        order, draws = on(stage_cuda, order, draws)
+        graphed_losses, eager_losses = graphed.epoch(order, draws), eager.epoch(order, draws)
+        assert graphed.graph is not None and graphed.capture_error is None and graphed.path == "cuda-graph"
+        assert eager.graph is None and eager.path == "cuda-eager"
+        assert graphed.counter.item() == eager.counter.item() == STEPS
+        assert graphed_losses.shape == (STEPS,) and torch.isfinite(graphed_losses).all()
+        assert_bitwise(graphed_losses, eager_losses, graphed, eager, f"epoch {number} of {sequence}")
+
+
+@cuda
+@pytest.mark.parametrize("name, sequence", CASES, ids=IDS)
+def test_graph_replay_equals_eager_steps_in_float64(stage_cuda, name, sequence):
+    x, y = data(stage_cuda, torch.float64)
+    graphed, eager = runner(x, y, name, torch.float64), runner(x, y, name, torch.float64, eager=True)
+    for number, (order, draws) in enumerate(epochs(name, SEQUENCES[sequence], len(x)), 1):
+        order, draws = on(stage_cuda, order, draws)
+        graphed_losses, eager_losses = graphed.epoch(order, draws), eager.epoch(order, draws)
+        assert graphed.path == "cuda-graph" and graphed.graph is not None
+        torch.testing.assert_close(graphed_losses, eager_losses, rtol=1e-6, atol=0)
+        assert_close_state(graphed, eager, f"epoch {number} of {sequence}")
+
+
+@cuda
+@pytest.mark.parametrize("name, sequence", [(n, s) for n, s in CASES if s != "mixed"],
+                         ids=[i for (_, s), i in zip(CASES, IDS, strict=True) if s != "mixed"])
+def test_the_graph_computes_what_the_cpu_path_computes(stage_cuda, name, sequence):
+    """The same weights, orders and draws: CUDA's replayed graph against train_epoch on the CPU, float64."""
+    x, y = data("cpu", torch.float64)
+    graphed = runner(x.to(stage_cuda), y.to(stage_cuda), name, torch.float64)
+    torch.manual_seed(0)
+    model, optimizer = new_model_and_optimizer(torch.device("cpu"), TRAIN)
+    model.to(torch.float64)
+    model.load_state_dict({k: v.cpu() for k, v in graphed.model.state_dict().items()})
+    mix = variant.load(name).mix
+    for number, (order, draws) in enumerate(epochs(name, SEQUENCES[sequence], len(x)), 1):
+        cpu_losses = train_epoch(model, optimizer, x, y, order, BATCH, STEPS, mix if draws is not None else None, draws)
+        cuda_losses = graphed.epoch(*on(stage_cuda, order, draws))
+        assert graphed.path == "cuda-graph"
+        torch.testing.assert_close(cuda_losses.cpu(), cpu_losses, rtol=1e-6, atol=0)
+        for (key, weight), cpu_weight in zip(graphed.model.named_parameters(), model.parameters(), strict=True):
+            torch.testing.assert_close(weight.detach().cpu(), cpu_weight.detach(), rtol=1e-9, atol=1e-9,
+                                       msg=lambda m, k=key, e=number: f"epoch {e} of {sequence}, {k}: {m}")
+
+
+@cuda
+@pytest.mark.parametrize("name", MIXING)
+@pytest.mark.parametrize("path", ["cuda-graph", "cuda-eager"])
+def test_an_epoch_never_waits_on_the_host(stage_cuda, path, name):
+    """After the first epoch (its capture synchronizes, as torch.cuda.graph does on entry), no epoch syncs."""
+    x, y = data(stage_cuda)
+    graphed = runner(x, y, name, eager=path == "cuda-eager")
+    plan = [on(stage_cuda, order, draws) for order, draws in epochs(name, [True, True, False], len(x))]
+    graphed.epoch(*plan[0])
+    torch.cuda.synchronize()
+    with host_syncs_raise():
+        mixed_losses = graphed.epoch(*plan[1])
+        plain_losses = graphed.epoch(*plan[2])
+        with pytest.raises(RuntimeError):  # the mode is really on: reading a loss on the host syncs
+            plain_losses.sum().item()
+    assert graphed.path == path
+    assert torch.isfinite(mixed_losses).all() and torch.isfinite(plain_losses).all()
+
+
+@cuda
+@pytest.mark.parametrize("name", MIXING)
+def test_the_graph_survives_an_evaluation_between_epochs(stage_cuda, name):
+    """As training does: evaluate (inference mode, eval batches of 1000) between epochs, and free the cache."""
+    x, y = data(stage_cuda)
+    eval_x, eval_y = data(stage_cuda, steps=50, seed=2)  # 2530 images: three eval batches, the last partial
+    graphed, eager = runner(x, y, name), runner(x, y, name, eager=True)
+    graph = None
+    for number, (order, draws) in enumerate(epochs(name, SEQUENCES["plain-then-mixed"] + [True], len(x)), 1):
+        order, draws = on(stage_cuda, order, draws)
+        graphed_losses, eager_losses = graphed.epoch(order, draws), eager.epoch(order, draws)
+        graph = graph or graphed.graph
+        assert graphed.graph is graph and graphed.path == "cuda-graph"  # captured once, replayed ever after
+        assert_bitwise(graphed_losses, eager_losses, graphed, eager, f"epoch {number}")
+        assert evaluate(graphed.model, eval_x, eval_y) == evaluate(eager.model, eval_x, eval_y)
+        torch.cuda.empty_cache()
+
+
+@cuda
+@pytest.mark.parametrize("name", MIXING)
+def test_a_failed_capture_falls_back_to_eager_steps_that_train_the_same(stage_cuda, name):
+    """A non-capturable Adam fails capture for real, as any failed capture would: the runner says so and why,
+    and its eager steps, after the failed capture, train what a graph trains."""
+    x, y = data(stage_cuda, torch.float64)
+    failed, graphed = runner(x, y, name, torch.float64, capturable=False), runner(x, y, name, torch.float64)
+    for order, draws in epochs(name, SEQUENCES["plain-then-mixed"], len(x)):
+        order, draws = on(stage_cuda, order, draws)
+        torch.testing.assert_close(failed.epoch(order, draws), graphed.epoch(order, draws), rtol=1e-6, atol=0)
+        assert failed.path == "cuda-eager" and failed.graph is None and "capturable" in failed.capture_error
+        assert graphed.path == "cuda-graph"
+    assert_close_state(failed, graphed, "after three epochs")
+
+
+@cuda
+@pytest.mark.parametrize("name", MIXING)
+def test_a_killed_run_resumes_exactly_on_cuda(prepared, monkeypatch, capsys, stage_cuda, name):
+    device, resume, params = stage_cuda, paths.resume_state(name), PARAMS[name]
+    uninterrupted = curve(training.train_variant(name, TRAIN, params, device)[0])
+    killed_after(2, monkeypatch, name, TRAIN, params, device, resume)
+    saved = torch.load(resume, map_location="cpu", weights_only=True)
+    assert saved["epoch"] == 2 and "cuda_rng" in saved  # the variant's draws come from the CUDA generator
+    capsys.readouterr()
+    rows, _, _, path = training.train_variant(name, TRAIN, params, device, resume_path=resume)
+    out = capsys.readouterr().out
+    assert f"resuming {name} after epoch 2" in out and "training path: cuda-graph" in out
+    assert path == {"train_path": "cuda-graph", "mixed_epochs": mixed_epochs(name, TRAIN)}
+    assert curve(rows) == uninterrupted, "the resumed run differs from the uninterrupted one"
+    # The test can tell: a resume that leaves the CUDA generator alone draws other draws.
+    resume.unlink()  # the finished run's state (the stage deletes it; train_variant leaves it)
+    killed_after(2, monkeypatch, name, TRAIN, params, device, resume)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda *args, **kwargs: None)
+    unrestored = curve(training.train_variant(name, TRAIN, params, device, resume_path=resume)[0])
+    assert unrestored[:2] == uninterrupted[:2] and unrestored[2:] != uninterrupted[2:]
+
+
+@cuda
+@pytest.mark.parametrize("name", MIXING)
+def test_the_same_seed_trains_the_same_on_cuda(prepared, stage_cuda, name):
+    """As the stages run: if this fails, so does the resume test above, and the cause is a nondeterministic kernel."""
+    train = {**TRAIN, "epochs": 3}
+    first = curve(training.train_variant(name, train, PARAMS[name], stage_cuda)[0])
+    assert curve(training.train_variant(name, train, PARAMS[name], stage_cuda)[0]) == first
+
+
+@cuda
+@pytest.mark.parametrize("name, precision", [*((n, "fp32") for n in variant.available()), ("mixup", "bf16")])
+def test_cuda_training_runs_and_reports_the_graph_path(prepared, stage_cuda, capsys, name, precision):
+    train, params = {**TRAIN, "epochs": 2, "precision": precision}, PARAMS[name]
+    rows, best, final, path = training.train_variant(name, train, params, stage_cuda)
+    mixing = {"mixed_epochs": mixed_epochs(name, train)} if name in MIXING else {}
+    assert path == {"train_path": "cuda-graph", **mixing}  # no capture_error
+    assert "training path: cuda-graph\n" in capsys.readouterr().out
+    assert len(rows) == 2 and all(0 < r["train_loss"] < 10 and 0 <= r["eval_acc"] <= 1 for r in rows)
+    assert final["model"]["0.weight"].is_cuda and best["epoch"] in (1, 2)
+    if precision == "bf16":  # autocast really ran, and trains about as float32 does
+        fp32 = curve(training.train_variant(name, {**train, "precision": "fp32"}, params, stage_cuda)[0])
+        assert curve(rows) != fp32
+        for a, b in zip(curve(rows), fp32, strict=True):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=0.05)
+
+
+@cuda
+def test_a_failed_capture_is_reported_with_its_reason(prepared, stage_cuda, capsys, monkeypatch):
+    def not_capturable(device, train):  # torch.optim's fused Adam, not capturable: a capture that fails for real
+        model, _ = new_model_and_optimizer(device, train)
+        return model, torch.optim.Adam(model.parameters(), lr=train["lr"], betas=(0.9, 0.999), eps=1e-7, fused=True)
+    monkeypatch.setattr(training, "new_model_and_optimizer", not_capturable)
+    rows, _, _, path = training.train_variant("baseline", {**TRAIN, "epochs": 2}, {}, stage_cuda)
+    assert path["train_path"] == "cuda-eager" and "capturable" in path["capture_error"]
+    assert f"training path: cuda-eager (CUDA graph capture failed: {path['capture_error']})" in capsys.readouterr().out
+    assert len(rows) == 2
+
+
+@cuda
+def test_a_resume_state_written_on_the_cpu_is_not_resumed_on_cuda(prepared, stage_cuda, monkeypatch, capsys):
+    """The same params (device: auto) on a CPU machine, then on a GPU: the GPU run starts over and captures."""
+    resume, mixup = paths.resume_state("mixup"), PARAMS["mixup"]
+    killed_after(1, monkeypatch, "mixup", TRAIN, mixup, torch.device("cpu"), resume)
+    assert "cuda_rng" not in torch.load(resume, map_location="cpu", weights_only=True)
+    capsys.readouterr()
+    rows, _, _, path = training.train_variant("mixup", TRAIN, mixup, stage_cuda, resume_path=resume)
+    out = capsys.readouterr().out
+    assert f"ignoring {resume}: it was written for other params, device, code or data" in out
+    assert "resuming" not in out and [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert path == {"train_path": "cuda-graph", "mixed_epochs": mixed_epochs("mixup", TRAIN)}
+    assert "cuda_rng" in torch.load(resume, map_location="cpu", weights_only=True)
+
+
+def test_gpu_check_smoke_runs_on_the_cpu(tmp_path):
+    """bench/gpu_check.sh --cpu-smoke: every step of the device check, on the CPU, on 1,000 training images,
+    one epoch, so that its plumbing (archive, prepare, tests, benchmark, training, evaluation, report) is
+    exercised wherever the suite runs. On a synthetic archive (--archive): the real JPEGs' archive step
+    (make_archive.py) is the same copy of a file by then, and costs the suite ten seconds."""
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    write_archive(archive, synthetic_split(1000, 0), synthetic_split(200, 1))
+    source = ["--archive", str(archive)]
+    out = tmp_path / "out"
+    env = {**dvc_env(), "OUT": str(out), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(["bash", "bench/gpu_check.sh", "--cpu-smoke", "--work", str(tmp_path / "work"), *source],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    for line in ("tests: ", "benchmark: ok", "train baseline: ok", "train mixup: ok", "evaluate mixup: ok",
+                 "GOAL speed (baseline)", "GOAL vs DataLoader (mixup)", "GOAL accuracy (baseline)",
+                 "GOAL graph path (mixup)", "evaluate: final acc", "cpu smoke: the verdicts above judge plumbing only"):
+        assert line in log, f"{line!r} missing from the output:\n{log[-4000:]}"
+    assert "skipped" in log and "no CUDA device" in log  # the CUDA tests said why they skipped
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["gpu_check.log", "report.txt", "report.json", "bench.txt", "baseline-summary.json", "mixup-summary.json",
+         "baseline-epochs.tsv", "mixup-epochs.tsv"])
+
+
+def test_gpu_check_stages_what_a_device_call_carries(tmp_path):
+    """bench/gpu_check.sh --stage-carry: the data and the wheels the device machine lacks, in one folder.
+    pip reads its wheel from a local folder here (PIP_NO_INDEX, PIP_FIND_LINKS), not from the index."""
+    import zipfile
+    source, wheels, staged = tmp_path / "shared", tmp_path / "wheelhouse", tmp_path / "device"
+    source.mkdir()
+    wheels.mkdir()
+    for name in ("cifar10-jpeg.tar.gz", "make_archive.py"):
+        (source / name).write_text(name)
+    with zipfile.ZipFile(wheels / "ruamel_yaml-0.19.1-py3-none-any.whl", "w") as wheel:
+        info = "ruamel_yaml-0.19.1.dist-info"
+        wheel.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: ruamel.yaml\nVersion: 0.19.1\n")
+        wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    env = {**dvc_env(), "PYTHON": sys.executable, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)}
+    result = subprocess.run(["bash", "bench/gpu_check.sh", "--stage-carry", "--from", str(source),
+                             "--data", str(staged)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (staged / "cifar10-jpeg.tar.gz").read_text() == "cifar10-jpeg.tar.gz"
+    assert [w.name for w in (staged / "wheels").iterdir()] == ["ruamel_yaml-0.19.1-py3-none-any.whl"]
+    assert "carry: [" in result.stdout
+    missing = subprocess.run(["bash", "bench/gpu_check.sh", "--stage-carry", "--from", str(tmp_path / "nowhere"),
+                              "--data", str(staged)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert missing.returncode == 1 and "not found (--from DIR names the folder holding it)" in missing.stderr
