@@ -43,19 +43,24 @@ sweep: setup
 sweep-report: setup
 	python -m tools.report $(ARGS)
 
-# The study (README, "The study"): three sweeps, each run archived in study/runs/ and committed as it finishes.
+# The study (docs/study.md): four sweeps, each run archived (study/runs/, study/cutmix/runs/) and committed as it finishes.
 study: setup
 	python -m tools.sweep -S 'train.seed=range(0,5)' --archive study/runs
 	python -m tools.sweep -S 'mixup.alpha=0.2,0.4,2.0' -S 'train.seed=range(0,3)' --archive study/runs
 	python -m tools.sweep -S 'train.precision=bf16' -S 'train.seed=range(0,3)' --archive study/runs
+	python -m tools.sweep -S 'variants=[baseline,mixup,cutmix]' -S 'train.seed=range(0,3)' --archive study/cutmix/runs
 
 study-report: setup
 	python -m tools.report $(STUDY_REPORT)
+	python -m tools.report $(CUTMIX_REPORT)
 
 # What the committed study runs lacked when they ran (train.precision: fp32 then; evaluate.batch_size: 1000, the
 # evaluation's batch since), and the comparisons study/report.md shows (tests/unit/test_report.py runs the same).
 STUDY_REPORT = --archive study/runs --absent train.precision=fp32 --absent evaluate.batch_size=1000 \
 	--reference variant=baseline --reference mixup.alpha=1.0 --reference train.precision=fp32 --out study
+# CutMix against mixup and the baseline: three variants in each run, on one machine (its own archive: its runs
+# name the variants, and the data's copy, that the runs above do not).
+CUTMIX_REPORT = --archive study/cutmix/runs --out study/cutmix
 
 clean:
 	rm -rf $(VENV) dvc_plots .pytest_cache

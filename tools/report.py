@@ -174,15 +174,19 @@ class Study:
                    for k, v in selector.items())
 
     def reference(self, config, against):
-        """The configuration `config` is compared with: itself with `against`'s values; None if none ran."""
-        params = dict(config.params) | {k: v for k, v in against.items() if k != "variant"}
-        ref = self.config(against.get("variant", config.variant), params)
-        return ref if ref != config and ref in self.groups else None
+        """The configuration `config` is compared with: itself with `against`'s values; None if none ran, or
+        if several did (another variant's own params, which `config` does not fix, differ among them)."""
+        params = dict(config.params) | {k: freeze(v) for k, v in against.items() if k != "variant"}
+        found = [c for c in self.groups if c.variant == against.get("variant", config.variant) and c != config
+                 and all(params.get(k, v) == v for k, v in c.params)]
+        return found[0] if len(found) == 1 else None
 
     def check(self, selector, where):
         known = list(dict.fromkeys([*self.variants, *variant.available()]))  # the results' and the modules'
         if "variant" in selector and selector["variant"] not in known:
             raise UserError(f"{where}: variant {selector['variant']!r}: the variants are {', '.join(known)}")
+        if "variant" in selector and selector["variant"] not in self.variants:
+            return  # no results of it here: the claim has no rows, whatever params it names
         unknown = [k for k in selector if k != "variant" and k not in self.keys]
         if unknown:
             raise UserError(f"{where}: no run has the param {', '.join(unknown)}; params: {', '.join(self.keys)}")
@@ -310,7 +314,8 @@ def figure(study, metrics, claim_rows):
     A configuration that does not depend on the x param (the baseline against alpha) is a level line.
     Last, the claims: each difference and its interval, as a share of the reference's mean."""
     x_key = study.x_key()
-    xs = study.values(x_key) if x_key else [None]
+    # Nothing swept but the seed: the configurations side by side, each at its own x.
+    xs = study.values(x_key) if x_key else [study.label(c) for c in study.ordered()]
     lines = {}  # (variant, other swept values) -> [configurations]
     for c in study.ordered():
         lines.setdefault((c.variant, tuple((k, v) for k, v in c.params if k in study.varying and k != x_key)),
@@ -326,7 +331,7 @@ def figure(study, metrics, claim_rows):
         for j, (line, configs) in enumerate(lines.items()):
             dash = DASHES[sum(other[0] == line[0] for other in list(lines)[:j]) % len(DASHES)]
             draw_line(ax, study, configs, metric, xs, x_key, dash, 0.12 * (j - (len(lines) - 1) / 2))
-        ax.set_xticks(range(len(xs)), [plain(x) if x_key else "" for x in xs])
+        ax.set_xticks(range(len(xs)), [plain(x) for x in xs])
         ax.set_xlim(-0.6, len(xs) - 0.4)
         style(ax, f"{metric.name} {'↑' if metric.better > 0 else '↓'}", x_key or "", "")
     handles, labels = top.axes[0].get_legend_handles_labels()
@@ -340,7 +345,7 @@ def figure(study, metrics, claim_rows):
 def draw_line(ax, study, configs, metric, xs, x_key, dash, offset):
     color = study.colors[configs[0].variant]
     label = study.label(configs[0], omit=(x_key,))
-    if x_key not in dict(configs[0].params):  # does not depend on x: a level line, its SD a band
+    if x_key and x_key not in dict(configs[0].params):  # does not depend on x: a level line, its SD a band
         s = stats.spread(study.series(configs[0], metric).values())
         if s.n:
             ax.axhline(s.mean, color=color, ls=dash, lw=1.5, label=f"{label} (n={s.n})")
@@ -350,7 +355,7 @@ def draw_line(ax, study, configs, metric, xs, x_key, dash, offset):
     means = []
     for c in configs:
         values = study.series(c, metric)
-        x = xs.index(dict(c.params)[x_key]) + offset
+        x = xs.index(dict(c.params)[x_key]) + offset if x_key else xs.index(study.label(c))
         ax.scatter([x - 0.04 + 0.08 * k / max(1, len(values) - 1) for k in range(len(values))], list(values.values()),
                    s=10, color=color, alpha=0.45, edgecolors="none", zorder=3)
         s = stats.spread(values.values())
@@ -375,7 +380,7 @@ def claims_panel(ax, study, claim_rows):
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(claim_rows)), [
         f"{claim.metric.name}{' vs ' + claim.against_metric.name if claim.against_metric != claim.metric else ''}: "
-        f"{study.label(config)} (n={p.n})" for claim, config, ref, p, _ in claim_rows], fontsize=8)
+        f"{study.label(config)} - {study.label(ref)} (n={p.n})" for claim, config, ref, p, _ in claim_rows], fontsize=8)
     ax.set_ylim(len(claim_rows) - 0.5, -0.5)
     for verdict, color in VERDICT_COLORS.items():
         ax.plot([], [], "o", color=color, label=verdict)
@@ -430,7 +435,8 @@ def report(results, source, claims_file=CLAIMS, references=(), absent=None, out=
         study.check(ref, "--reference " + " ".join(ref))
     study.first = {k: [freeze(v)] for ref in references for k, v in ref.items()}
     for claim in claims:
-        study.check(claim.configuration | claim.against, f"{claims_file}: claim {claim.text!r}")
+        for selector in (claim.configuration, claim.against):
+            study.check(selector, f"{claims_file}: claim {claim.text!r}")
     claim_rows = judged(study, claims)
     text = "\n".join(markdown(study, source, metrics, claims_file, claim_rows, references, absent or {})
                      + provenance([r for g in study.groups.values() for r in g.values()])) + "\n"

@@ -27,6 +27,7 @@ THREE = ["baseline", "mixup", "cutmix"]
 STUDY_REPORT = ["--archive", "study/runs", "--absent", "train.precision=fp32", "--absent", "evaluate.batch_size=1000",
                 "--reference", "variant=baseline", "--reference", "mixup.alpha=1.0", "--reference",
                 "train.precision=fp32", "--out", "study"]
+CUTMIX_REPORT = ["--archive", "study/cutmix/runs", "--out", "study/cutmix"]
 
 
 # Three of study/claims.yaml's metrics and claims: a figure of three panels draws fast.
@@ -329,19 +330,35 @@ def test_a_malformed_run_folder_is_one_error_naming_it(tmp_path, breakage, messa
     assert not (tmp_path / "out").exists()
 
 
+def regenerated(name, options, out):
+    """A committed study report, regenerated into `out` by `make study-report`'s command: its text."""
+    makefile = (ROOT / "Makefile").read_text().replace("\\\n\t", "")
+    assert f"{name} = " + " ".join(options) in makefile, f"Makefile's {name} is not the test's"
+    command = [sys.executable, "-m", "tools.report", *options[:-1], str(out)]
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "MPLBACKEND": "Agg"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for file in ("report.md", "report.png"):
+        assert (out / file).read_bytes() == (ROOT / options[-1] / file).read_bytes(), \
+            f"{options[-1]}/{file} is stale: run `make study-report` and commit study/"
+    return (out / "report.md").read_text()
+
+
 def test_the_committed_report_is_the_committed_archives_report(tmp_path):
     """study/report.md and study/report.png (the README's figures and tables) regenerate, byte for byte,
     from study/runs/ through `make study-report`'s command."""
-    makefile = (ROOT / "Makefile").read_text().replace("\\\n\t", "")
-    assert "STUDY_REPORT = " + " ".join(STUDY_REPORT) in makefile, "Makefile's study-report is not the test's"
-    command = [sys.executable, "-m", "tools.report", *STUDY_REPORT[:-1], str(tmp_path)]
-    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "MPLBACKEND": "Agg"}, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "report.md").read_text() == (ROOT / "study/report.md").read_text(), \
-        "study/report.md is stale: run `make study-report` and commit study/"
-    assert (tmp_path / "report.png").read_bytes() == (ROOT / "study/report.png").read_bytes(), \
-        "study/report.png is stale: run `make study-report` and commit study/"
-    text = (tmp_path / "report.md").read_text()
+    text = regenerated("STUDY_REPORT", STUDY_REPORT, tmp_path)
     assert "25 results in 7 configurations" in text
     assert row(text, "mixup gives higher accuracy", "final eval accuracy",
                "mixup precision=fp32 alpha=1.0 - baseline precision=fp32")[3] == "+0.0415 [+0.0317, +0.0513] (n=5)"
+
+
+def test_the_committed_cutmix_report_is_its_archives_report(tmp_path):
+    """study/cutmix/: three variants in each of three runs, nothing swept but the seed (the configurations
+    side by side); a claim against another variant than the baseline (cutmix - mixup); the main study's
+    claims about cutmix, whose runs have no cutmix, give no rows there."""
+    text = regenerated("CUTMIX_REPORT", CUTMIX_REPORT, tmp_path)
+    assert "9 results in 3 configurations" in text and "Swept: nothing but the seed" in text
+    assert row(text, "cutmix gives higher accuracy", "final eval accuracy", "cutmix - baseline")[4] == "**supported**"
+    assert row(text, "cutmix over-fits less than mixup", "generalization gap", "cutmix - mixup")[3] == \
+        "-0.0481 [-0.0521, -0.0441] (n=3)"
+    assert "cutmix" not in (ROOT / "study/report.md").read_text()
