@@ -14,7 +14,7 @@ from lenet_mixup import live, paths
 from lenet_mixup.metrics import COLUMNS
 from tests.helpers import Project, dvc_env, new_project, synthetic_split, write_archive
 
-EPOCHS = 10  # of 2,500 images: long enough for several looks at a run in progress, a few seconds
+EPOCHS = 16  # of 2,500 images: long enough for several looks at a run in progress, a few seconds
 
 
 @pytest.fixture(scope="module")
