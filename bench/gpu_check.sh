@@ -12,7 +12,7 @@
 #   2. archive: the full CIFAR-10 archive from DIR/cifar10-jpeg.tar.gz with DIR/make_archive.py (~40 s), or
 #      DIR/cifar-10-python.tar.gz if it is there, or --archive FILE
 #   3. prepare: `python -m stages.prepare` in WORK (no DVC: the stage scripts run directly)
-#   4. tests: `python -m pytest -q -ra tests/unit/test_cuda.py` (the CUDA tests; the CPU smoke test deselected)
+#   4. tests: `python -m pytest -q -ra tests/unit/test_cuda.py` (the CUDA tests)
 #   5. train baseline, train mixup: `python -m stages.train VARIANT`, 35 epochs, fp32, seed 0, through
 #      bench/gpu_check.py, which also reads the stage's peak GPU memory
 #   6. benchmark: `python -m bench.train_speed --device cuda`
@@ -39,8 +39,8 @@
 # (see the device README); the check installs build/device/wheels/*.whl into WORK/site when something is missing.
 #
 # --cpu-smoke: the same steps on the CPU, on 1,000 training images (make_archive.py --limit 100) or --archive,
-# 1 epoch, a short benchmark of two loops, the mixup variant alone evaluated; tests/unit/test_cuda.py runs it so that
-# this script cannot rot.
+# 1 epoch, a short benchmark of two loops, the mixup variant alone evaluated; tests/pipeline/test_gpu_check.py runs it so
+# that this script cannot rot.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -169,8 +169,7 @@ check() {
     fi
     if [ -f "$raw" ] && run_step prepare 10 120 env -C "$WORK" "$PY" -m stages.prepare; then prepared=1; fi
 
-    run_step tests 30 200 --log "$WORK/pytest.txt" "$PY" -m pytest -q -ra -p no:cacheprovider tests/unit/test_cuda.py \
-        --deselect tests/unit/test_cuda.py::test_gpu_check_smoke_runs_on_the_cpu || status=1
+    run_step tests 30 200 --log "$WORK/pytest.txt" "$PY" -m pytest -q -ra -p no:cacheprovider tests/unit/test_cuda.py || status=1
 
     if [ "$prepared" = 1 ]; then
         for variant in baseline mixup; do

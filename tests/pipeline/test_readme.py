@@ -326,8 +326,8 @@ COVERED = {
         f"{SWEEP}::test_a_run_is_archived_and_committed_as_it_finishes_and_then_done",
     "make study-report": "tests/unit/test_report.py::test_the_committed_report_is_the_committed_archives_report",
     "bash bench/gpu_check.sh --stage-carry":
-        "tests/unit/test_cuda.py::test_gpu_check_stages_what_a_device_call_carries",
-    "bash bench/gpu_check.sh": "tests/unit/test_cuda.py (on a GPU: the check itself; here: its --cpu-smoke mode)",
+        "tests/pipeline/test_gpu_check.py::test_gpu_check_stages_what_a_device_call_carries",
+    "bash bench/gpu_check.sh": "tests/pipeline/test_gpu_check.py (its --cpu-smoke mode; on a GPU: the check itself)",
 }
 
 
