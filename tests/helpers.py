@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from lenet_mixup.synthetic import CLASSES, synthetic_split, write_archive  # noqa: F401 - the tests' archives
+from tools.runs import captured
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a clone of the project holds that the pipeline needs. Not params.yaml nor .dvc/config: the tests
@@ -65,7 +65,7 @@ class Project:
         self.path = path
 
     def run(self, *args, check=True):
-        result = subprocess.run(args, cwd=self.path, env=dvc_env(), capture_output=True, text=True)
+        result = captured(args, cwd=self.path, env=dvc_env())
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         return result

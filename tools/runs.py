@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
@@ -164,6 +165,17 @@ def cache_file(cache, md5):
 
 def in_cache(cache, md5):
     return bool(md5) and cache_file(cache, md5).is_file()
+
+
+def captured(args, **kwargs):
+    """subprocess.run, its output captured in files, not pipes: a daemon a command leaves running (the
+    workers `dvc queue start` and `dvc exp run --run-all` spawn) inherits them, and with pipes the call
+    would wait for that daemon to exit (a queue worker idles 10 s after its last run, and one that misses
+    its shutdown never exits)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        returncode = subprocess.run(args, stdout=out, stderr=err, text=True, **kwargs).returncode
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(args, returncode, out.read(), err.read())
 
 
 def git(*args, cwd=None, check=True):

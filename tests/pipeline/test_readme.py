@@ -18,6 +18,7 @@ import pytest
 
 from lenet_mixup.params import read_yaml
 from tests.helpers import ALL_STAGES, DVC_CONFIG, ROOT, copy_project_files, dvc_env, project_params, ran
+from tools.runs import captured
 
 PAGES = ["README.md", "docs/offline.md", "docs/experiments.md", "docs/sweeps.md"]  # the pages with flows, in order
 FLOWS = ["quick start", "everyday", "failed experiment", "new variant", "offline first run", "watch", "share",
@@ -101,7 +102,7 @@ class Session:
         script = f"exec 2>&1\ncd {self.cwd}\n" + "".join(f"echo '::start {i}::'\n{line}\necho \"::rc {i} $?::\"\n"
                                               for i, line in enumerate(lines))
         script += "echo \"::cwd $PWD::\"\n"
-        done = subprocess.run(["bash", "-c", script], env=self.env, capture_output=True, text=True, timeout=1200)
+        done = captured(["bash", "-c", script], env=self.env, timeout=1200)  # the queue's workers outlive it
         self.cwd = re.search(r"::cwd (.*)::", done.stdout).group(1)
         steps = []
         for i, line in enumerate(lines):

@@ -9,7 +9,7 @@ from tests.helpers import ROOT, dvc_env
 def test_the_sweep_benchmark_runs_the_three_ways_and_prints_their_figures(finished_template, tmp_path):
     env = {**dvc_env(), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "bench.sweep_speed", "-S", "mixup.alpha=0.3", "--workers", "2",
-                             "--project", str(finished_template.path)],
+                             "--timeout", "300", "--project", str(finished_template.path)],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout

@@ -1,0 +1,51 @@
+"""The sweep benchmark's wait on DVC's queue, against scripted `dvc queue status` answers (no DVC run)."""
+import pytest
+
+from bench import sweep_speed
+
+QUEUED_NO_WORKER = "Task  Name  Created  Status\nab12  x  08:00 AM  Queued\n\nWorker status: 0 active, 0 idle\n"
+RUNNING = "Task  Name  Created  Status\nab12  x  08:00 AM  Running\n\nWorker status: 1 active, 0 idle\n"
+DONE = "Task  Name  Created  Status\nab12  x  08:00 AM  Success\n\nWorker status: 0 active, 0 idle\n"
+
+
+def scripted_queue(monkeypatch, statuses, clock_step):
+    """`dvc` answers `queue status` from `statuses` (the last one repeated) and records every command; the
+    clock moves clock_step seconds per status."""
+    commands, clock = [], [0.0]
+
+    def dvc(*args, cwd, env, timeout=None):
+        commands.append(args)
+        if args[:2] == ("queue", "status"):
+            clock[0] += clock_step
+            return statuses.pop(0) if len(statuses) > 1 else statuses[0]
+        return ""
+    monkeypatch.setattr(sweep_speed, "dvc", dvc)
+    monkeypatch.setattr(sweep_speed.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(sweep_speed.time, "sleep", lambda seconds: None)
+    return commands
+
+
+def test_workers_that_stop_with_a_run_still_queued_are_started_again(monkeypatch, tmp_path):
+    stalled = [QUEUED_NO_WORKER] * 5  # 50 s at 10 s a status: past QUEUE_STALL_S once
+    commands = scripted_queue(monkeypatch, [*stalled, RUNNING, DONE], clock_step=10)
+    restarts = sweep_speed.dvc_queue(tmp_path, ["mixup.alpha=0.3"], 2, {}, timeout=600)
+    assert restarts == 1
+    assert commands.count(("queue", "start", "-j", "2")) == 2
+    assert commands[-1] == ("queue", "status")
+
+
+def test_workers_that_are_still_starting_are_left_alone(monkeypatch, tmp_path):
+    commands = scripted_queue(monkeypatch, [QUEUED_NO_WORKER, QUEUED_NO_WORKER, RUNNING, DONE], clock_step=10)
+    assert sweep_speed.dvc_queue(tmp_path, ["mixup.alpha=0.3"], 2, {}, timeout=600) == 0
+    assert commands.count(("queue", "start", "-j", "2")) == 1
+
+
+def test_a_queue_that_never_empties_ends_in_an_error_that_shows_it_and_stops_its_workers(monkeypatch, tmp_path):
+    logs = tmp_path / ".dvc/tmp/exps/celery"
+    logs.mkdir(parents=True)
+    (logs / "dvc-exp-worker-1.out").write_text("monitor: shutting down due to empty queue.\n")
+    commands = scripted_queue(monkeypatch, [RUNNING], clock_step=10)
+    with pytest.raises(SystemExit, match=r"(?s)still had runs after 60 s \(--timeout\).*Running.*"
+                                         r"dvc-exp-worker-1.out:\nmonitor: shutting down"):
+        sweep_speed.dvc_queue(tmp_path, ["mixup.alpha=0.3"], 2, {}, timeout=60)
+    assert commands[-1] == ("queue", "stop", "--kill")
