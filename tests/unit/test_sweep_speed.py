@@ -1,7 +1,12 @@
-"""The sweep benchmark's wait on DVC's queue, against scripted `dvc queue status` answers (no DVC run)."""
+"""The sweep benchmark's wait on DVC's queue, against scripted `dvc queue status` answers (no DVC run), and
+the capture of a command that leaves a daemon behind, as `dvc queue start` does."""
+import os
+import signal
+
 import pytest
 
 from bench import sweep_speed
+from tools.runs import captured
 
 QUEUED_NO_WORKER = "Task  Name  Created  Status\nab12  x  08:00 AM  Queued\n\nWorker status: 0 active, 0 idle\n"
 RUNNING = "Task  Name  Created  Status\nab12  x  08:00 AM  Running\n\nWorker status: 1 active, 0 idle\n"
@@ -49,3 +54,11 @@ def test_a_queue_that_never_empties_ends_in_an_error_that_shows_it_and_stops_its
                                          r"dvc-exp-worker-1.out:\nmonitor: shutting down"):
         sweep_speed.dvc_queue(tmp_path, ["mixup.alpha=0.3"], 2, {}, timeout=60)
     assert commands[-1] == ("queue", "stop", "--kill")
+
+
+def test_a_command_that_leaves_a_daemon_behind_returns_with_its_output_at_once():
+    # The daemon keeps the command's stdout and stderr for a minute: with pipes, the call would wait for it
+    # (and raise TimeoutExpired here); with files, it returns when the command ends.
+    done = captured(["bash", "-c", "sleep 60 & echo $!; echo queued >&2"], timeout=30)
+    os.kill(int(done.stdout), signal.SIGKILL)
+    assert done.returncode == 0 and done.stderr == "queued\n"
