@@ -85,19 +85,30 @@ def dvc_queue(project, grid, workers, env, timeout):
     `dvc queue start` again picks them up, as a user would: that counts as a restart."""
     dvc("exp", "run", "--queue", *[a for override in grid for a in ("-S", override)], cwd=project, env=env)
     dvc("queue", "start", "-j", str(workers), cwd=project, env=env)
-    deadline, restarts, no_worker_since = time.monotonic() + timeout, 0, None
-    while re.search(r"\b(Queued|Running)\b", status := dvc("queue", "status", cwd=project, env=env)):
+    deadline, restarts, no_worker_since, status = time.monotonic() + timeout, 0, None, ""
+    while True:
+        if (answer := queue_status(project, env)) is not None:
+            status = answer
+            if not re.search(r"\b(Queued|Running)\b", status):
+                return restarts
+            stalled = "Queued" in status and "Worker status: 0 active, 0 idle" in status
+            no_worker_since = (no_worker_since or time.monotonic()) if stalled else None
+            if no_worker_since and time.monotonic() - no_worker_since > QUEUE_STALL_S:
+                dvc("queue", "start", "-j", str(workers), cwd=project, env=env)
+                restarts, no_worker_since = restarts + 1, None
         if time.monotonic() > deadline:
             dvc("queue", "stop", "--kill", cwd=project, env=env)
             sys.exit(f"error: the queue still had runs after {timeout} s (--timeout), with {restarts} restart(s):\n"
                      f"{status}\n{worker_logs(project)}")
-        stalled = "Queued" in status and "Worker status: 0 active, 0 idle" in status
-        no_worker_since = (no_worker_since or time.monotonic()) if stalled else None
-        if no_worker_since and time.monotonic() - no_worker_since > QUEUE_STALL_S:
-            dvc("queue", "start", "-j", str(workers), cwd=project, env=env)
-            restarts, no_worker_since = restarts + 1, None
         time.sleep(1)
-    return restarts
+
+
+def queue_status(project, env):
+    """`dvc queue status`, or None where it failed: it reads files the workers are writing, and on a busy
+    machine it sometimes reads one half-written (`Expecting value: line 1 column 1`); the next poll reads
+    it whole."""
+    result = captured([sys.executable, "-m", "dvc", "queue", "status"], cwd=project, env=env)
+    return result.stdout if result.returncode == 0 else None
 
 
 def worker_logs(project):

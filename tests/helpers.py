@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,16 @@ class Project:
 
     def dvc(self, *args, check=True):
         return self.run(sys.executable, "-m", "dvc", *args, check=check)
+
+    def queue_status(self, tries=5):
+        """`dvc queue status`, asked again where it failed: it reads files the queue's workers write, and on a
+        busy machine it sometimes reads one half-written (`Expecting value: line 1 column 1`)."""
+        for _ in range(tries - 1):
+            result = self.dvc("queue", "status", check=False)
+            if result.returncode == 0:
+                return result.stdout
+            time.sleep(1)
+        return self.dvc("queue", "status").stdout
 
     def set_params(self, **sections):
         """Change params.yaml as `dvc exp run -S` would: round trip, the comments kept."""

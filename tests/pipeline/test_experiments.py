@@ -57,7 +57,7 @@ def test_a_queued_alpha_run_never_trains_the_baseline_and_gives_the_bits_of_exp_
     project = finished_project
     project.dvc("exp", "run", "--queue", "-S", "mixup.alpha=0.4")
     project.dvc("exp", "run", "--run-all", "-j", "1")  # the queue's worker, waited for (no polling)
-    status = project.dvc("queue", "status").stdout
+    status = project.queue_status()
     assert status.count("Success") == 1, status
     name = next(line.split()[1] for line in status.splitlines() if "Success" in line)
     log = project.dvc("queue", "logs", name).stdout

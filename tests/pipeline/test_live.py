@@ -111,13 +111,13 @@ def test_a_queued_run_is_seen_through_exp_show_and_plots_diff(slow_project, tmp_
                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     assert worker.wait() == 0
     deadline, done, plots = time.time() + 300, [], []
-    while time.time() < deadline and "Success" not in project.dvc("queue", "status").stdout:
+    while time.time() < deadline and "Success" not in project.queue_status():
         shown = epochs_done(json.loads(project.dvc("exp", "show", "--json").stdout), "watched")
         if shown is not None:
             done.append(shown)
             rows = partial_rows(json.loads(project.dvc("plots", "diff", "watched", "--json").stdout))
             if rows:
                 plots.append(len(rows))
-    assert "Success" in project.dvc("queue", "status").stdout
+    assert "Success" in project.queue_status()
     assert len(set(done)) >= 2 and done == sorted(done), f"dvc exp show saw epochs {done} of the queued run"
     assert plots, "dvc plots diff never showed the running experiment's rows"

@@ -14,16 +14,19 @@ DONE = "Task  Name  Created  Status\nab12  x  08:00 AM  Success\n\nWorker status
 
 
 def scripted_queue(monkeypatch, statuses, clock_step):
-    """`dvc` answers `queue status` from `statuses` (the last one repeated) and records every command; the
-    clock moves clock_step seconds per status."""
+    """`dvc queue status` answers from `statuses` (the last one repeated; None: the command failed), and
+    every other `dvc` command is recorded; the clock moves clock_step seconds per status."""
     commands, clock = [], [0.0]
+
+    def queue_status(project, env):
+        commands.append(("queue", "status"))
+        clock[0] += clock_step
+        return statuses.pop(0) if len(statuses) > 1 else statuses[0]
 
     def dvc(*args, cwd, env, timeout=None):
         commands.append(args)
-        if args[:2] == ("queue", "status"):
-            clock[0] += clock_step
-            return statuses.pop(0) if len(statuses) > 1 else statuses[0]
         return ""
+    monkeypatch.setattr(sweep_speed, "queue_status", queue_status)
     monkeypatch.setattr(sweep_speed, "dvc", dvc)
     monkeypatch.setattr(sweep_speed.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(sweep_speed.time, "sleep", lambda seconds: None)
@@ -37,6 +40,12 @@ def test_workers_that_stop_with_a_run_still_queued_are_started_again(monkeypatch
     assert restarts == 1
     assert commands.count(("queue", "start", "-j", "2")) == 2
     assert commands[-1] == ("queue", "status")
+
+
+def test_a_status_that_failed_is_asked_again(monkeypatch, tmp_path):
+    commands = scripted_queue(monkeypatch, [RUNNING, None, None, RUNNING, DONE], clock_step=10)
+    assert sweep_speed.dvc_queue(tmp_path, ["mixup.alpha=0.3"], 2, {}, timeout=600) == 0
+    assert commands.count(("queue", "status")) == 5
 
 
 def test_workers_that_are_still_starting_are_left_alone(monkeypatch, tmp_path):
