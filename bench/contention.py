@@ -7,7 +7,7 @@ stages' CPU settings where other programs compete for the cores, and what a whol
 
 Part 1, throughput. The training stages' loop (lenet_mixup.steps.train_epoch, batch 50, on data/prepared
 when the current folder has it, else on synthetic images; --variant: any variant in lenet_mixup/variants/, with
-its params from params.yaml, every batch mixed if it mixes at all) runs in processes of its own, under three
+its params from params.yaml, every batch transformed if it transforms at all) runs in processes of its own, under three
 conditions:
   alone         nothing else running
   busy core     beside a process that keeps one core busy: any other program on a laptop or a CI runner
@@ -69,15 +69,13 @@ def worker(setting, steps, name, shards):
     x = x.contiguous(memory_format=torch.channels_last)
     params = load_params("train", name, path=ROOT / "params.yaml")
     module = variant.load(name)
-    mixes = module.mixing_from(params[name]) is not None
+    augment = variant.augmenter(module, params[name]) if module.first_epoch(params[name]) is not None else None
     torch.manual_seed(0)
     model, optimizer = new_model_and_optimizer(torch.device("cpu"), params["train"])
 
     def run(count):
-        draws = module.draws(params[name], count, "cpu") if mixes else None
         order = torch.randperm(len(x))
-        train_epoch(model, optimizer, x, y, order, BATCH, count, module.mix if mixes else None, draws,
-                    shards=shards).sum().item()
+        train_epoch(model, optimizer, x, y, order, BATCH, count, augment, shards=shards).sum().item()
     run(WARMUP)
     print("ready", flush=True)
     for _ in sys.stdin:

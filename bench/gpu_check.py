@@ -75,7 +75,7 @@ def preflight(device, out):
 
 def probe_syncs(device):
     """Which of the ops the CUDA path runs make the host wait, by torch.cuda.set_sync_debug_mode("error"), every
-    variant's draws and mix among them (lenet_mixup/variant.py: its mix must not sync, the graph captures it).
+    variant's draw and transform among them (lenet_mixup/variant.py: neither may sync, the graph captures both).
 
     The last one syncs by design: it shows that the probe can see a sync at all.
     """
@@ -93,10 +93,10 @@ def probe_syncs(device):
     variant_probes = {}
     for name in variant.available():
         module, params = variant.load(name), load_params(name, path=ROOT / "params.yaml")[name]
-        draw = module.draws(params, 1, device)[0]
+        draw = module.draw(params, x[:50].shape, device)
         variant_probes.update({
-            f"{name}: draws on CUDA (each epoch's)": lambda m=module, p=params: m.draws(p, 1000, device),
-            f"{name}: mix (in the captured step)": lambda m=module, d=draw: m.mix(x[:50], d),
+            f"{name}: draw (in the captured step)": lambda m=module, p=params: m.draw(p, x[:50].shape, device),
+            f"{name}: transform (in the captured step)": lambda m=module, p=params, d=draw: m.transform(x[:50], d, p),
         })
     probes = {
         "randperm with a CUDA generator (each epoch's order)": lambda: torch.randperm(50_000, generator=generator,

@@ -4,7 +4,7 @@
                                 [--loops project,project-bf16,...] [--images N]
 
 Same data, same model (lenet_mixup.model.lenet), batch 50, every variant params.yaml lists (`variants`, each
-with its own params; a variant that mixes has every timed batch mixed). Every loop trains with the project's
+with its own params; a variant that transforms has every timed batch transformed). Every loop trains with the project's
 optimizer, lenet_mixup.optim.make_optimizer (train.lr from params.yaml), so the loops differ in how they feed it:
   project     lenet_mixup.steps as the training stages run it: the set resident as one channels_last tensor,
               batches gathered by a shuffled index, losses left on the device; on the CPU one thread per op and
@@ -22,7 +22,6 @@ Each loop lives in its own process (its peak memory is its own, data setup inclu
 turns in windows of WINDOW steps, so load from other programs falls on all of them alike.
 """
 import argparse
-import functools
 import multiprocessing as mp
 import os
 import resource
@@ -96,21 +95,14 @@ def plain_net(device):
     return model, make_optimizer(model, PARAMS["train"], device)
 
 
-def mixes(name):
-    """Whether a variant ever mixes: if it does, the benchmark mixes every batch of it."""
-    return variant.load(name).mixing_from(PARAMS[name]) is not None
+def transforms(name):
+    """Whether a variant ever transforms: if it does, the benchmark transforms every batch of it."""
+    return variant.load(name).first_epoch(PARAMS[name]) is not None
 
 
-def draws(name, n, device):
-    """The draws of `n` steps of a variant that mixes (else None): an epoch's worth at once, as training draws them."""
-    return variant.load(name).draws(PARAMS[name], n, device) if mixes(name) else None
-
-
-def transforms(name, n, device):
-    """One batch transform per step for train_step: the variant's mix with that step's draw, or None (plain)."""
-    if not mixes(name):
-        return [None] * n
-    return [functools.partial(variant.load(name).mix, draw=draw) for draw in draws(name, n, device)]
+def augment(name):
+    """What the training loop gives train_step for a variant that transforms (else None)."""
+    return variant.augmenter(variant.load(name), PARAMS[name]) if transforms(name) else None
 
 
 def project(device, synthetic, precision="fp32"):
@@ -127,13 +119,11 @@ def project(device, synthetic, precision="fp32"):
         if device.type == "cuda":
             if (name, n) not in graphed:
                 graphed[name, n] = steps.GraphedEpochs(*nets[name], x[:n * BATCH], y[:n * BATCH], BATCH, n,
-                                                       variant.load(name), precision)
-            losses = graphed[name, n].epoch(torch.randperm(n * BATCH, device=device), draws(name, n, device))
+                                                       variant.load(name), PARAMS[name], precision)
+            losses = graphed[name, n].epoch(torch.randperm(n * BATCH, device=device), transforms(name))
         else:
             order = torch.randperm(len(x), device=device)
-            mix = variant.load(name).mix if mixes(name) else None
-            losses = steps.train_epoch(*nets[name], x, y, order, BATCH, n, mix, draws(name, n, device), precision,
-                                       shards=SHARDS)
+            losses = steps.train_epoch(*nets[name], x, y, order, BATCH, n, augment(name), precision, shards=SHARDS)
         losses.mean().item()  # the stage reads the losses once, at the end of the epoch
     return run
 
@@ -144,12 +134,12 @@ def dataloader(device, synthetic):
 
     def run(name, n):
         nonlocal batches
-        for mix in transforms(name, n, device):
+        for _ in range(n):
             if (batch := next(batches, None)) is None:  # a new epoch
                 batches = iter(loader)
                 batch = next(batches)
             x, y = batch[0].to(device), batch[1].to(device)
-            steps.train_step(*nets[name], x, y, mix).item()
+            steps.train_step(*nets[name], x, y, augment(name)).item()
     return run
 
 
@@ -165,8 +155,8 @@ def bare(device, synthetic, fast=False):
 
     def run(name, n):
         nonlocal at
-        for mix in transforms(name, n, device):
-            steps.train_step(*nets[name], *batches[at], mix, shards=SHARDS if fast else 1)
+        for _ in range(n):
+            steps.train_step(*nets[name], *batches[at], augment(name), shards=SHARDS if fast else 1)
             at = (at + 1) % len(batches)
     return run
 
@@ -286,10 +276,11 @@ def main():
 
 def stage(name, epoch_minutes):
     """A variant's full stage at these rates: its plain epochs at the reference's rate, the others at its own."""
-    first = variant.load(name).mixing_from(PARAMS[name])
+    module = variant.load(name)
+    first = module.first_epoch(PARAMS[name])
     plain = EPOCHS if first is None else min(first, EPOCHS)
     minutes = plain * epoch_minutes[variant.REFERENCE] + (EPOCHS - plain) * epoch_minutes[name]
-    split = f" ({plain} plain + {EPOCHS - plain} mixed epochs)" if plain < EPOCHS else ""
+    split = f" ({plain} plain + {EPOCHS - plain} {module.ACTION} epochs)" if plain < EPOCHS else ""
     return f"{name} stage{split} {minutes:5.1f} min"
 
 

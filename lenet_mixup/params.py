@@ -34,6 +34,11 @@ def positive_number(v):
         return "a number > 0"
 
 
+def probability(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+        return "a number in [0, 1]"
+
+
 def _optional_int(v):
     if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
         return "null (all) or an integer >= 1"

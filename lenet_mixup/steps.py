@@ -2,13 +2,13 @@
 
 CPU: `train_epoch`, an eager loop over a shuffled index into one in-memory channels_last tensor, the
 losses kept as tensors until the epoch ends, and `tune_cpu`'s process settings. CUDA: `GraphedEpochs`,
-the same step captured once as a CUDA graph and replayed. Both mix a batch with the variant's own `mix`
-(lenet_mixup/variant.py) and compute what the plain textbook loop computes (tests/unit/test_fast_path.py);
+the same step captured once as a CUDA graph and replayed. Both draw for and transform a batch with the
+variant's own `draw` and `transform` (lenet_mixup/variant.py), keep the batch in channels_last whatever
+the transform returns, and compute what the plain textbook loop computes (tests/unit/test_fast_path.py);
 `python -m bench.train_speed` times them. precision "bf16" runs the forward pass and the loss under
 bf16 autocast; weights, gradients and the optimizer's state stay float32.
 """
 import contextlib
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -26,13 +26,23 @@ def new_model_and_optimizer(device, train):
 
 
 def mixed_loss(logits, y, weight, partner=None):
-    """weight * CE(logits, y) + (1 - weight) * CE(logits, partner), batch mean: the loss of a mixed batch.
+    """The loss of a batch whose images carry `weight` of their own label and the rest of their partner's.
 
     `partner` holds the labels of the images mixed in, roll(y, 1); a piece of a batch cut after mixing
-    (train_step) passes its own piece of them. With weight 1 it is exactly the plain cross-entropy.
+    (train_step) passes its own piece of them. A 0-d weight, one for the batch, weights the two batch means
+    as the tutorial's MixUpLoss does (with weight 1 it is exactly the plain cross-entropy); an (N,) weight,
+    one per image, weights each image's two losses before the mean.
     """
     partner = y.roll(1, dims=0) if partner is None else partner
-    return weight * F.cross_entropy(logits, y) + (1 - weight) * F.cross_entropy(logits, partner)
+    if weight.dim() == 0:
+        return weight * F.cross_entropy(logits, y) + (1 - weight) * F.cross_entropy(logits, partner)
+    own, other = F.cross_entropy(logits, y, reduction="none"), F.cross_entropy(logits, partner, reduction="none")
+    return (weight * own + (1 - weight) * other).mean()
+
+
+def batch_loss(logits, y, weight, partner=None):
+    """The plain cross-entropy when every image keeps its own label (weight None), else the mixed loss."""
+    return F.cross_entropy(logits, y) if weight is None else mixed_loss(logits, y, weight, partner)
 
 
 def autocast(device, precision, graphed=False):
@@ -46,9 +56,9 @@ def autocast(device, precision, graphed=False):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, cache_enabled=not graphed)
 
 
-def train_step(model, optimizer, x, y, mix=None, precision="fp32", shards=1, workers=None):
-    """One optimizer step, on the batch as `mix` transforms it (x -> (x, weight)) when given; returns the
-    loss, with no host sync.
+def train_step(model, optimizer, x, y, augment=None, precision="fp32", shards=1, workers=None):
+    """One optimizer step, on the batch as `augment` transforms it (x -> (x, label weight), as
+    lenet_mixup.variant.augmenter makes it) when given; returns the loss, with no host sync.
 
     The batch is cut into `shards` fixed pieces (lenet_mixup.cpu): each piece's forward and backward
     run on one thread, on whichever worker is free, and the gradients are summed in the pieces' order,
@@ -56,17 +66,17 @@ def train_step(model, optimizer, x, y, mix=None, precision="fp32", shards=1, wor
     its share of the batch, so the pieces add up to the batch's mean loss; one shard is the plain step.
     """
     partner, weight = y.roll(1, dims=0), None
-    if mix is not None:
-        x, weight = mix(x)  # mixing pairs images across the whole batch, so it comes before the cut
+    if augment is not None:
+        x, weight = augment(x)  # a transform may pair images across the whole batch, so it comes before the cut
+        x = x.contiguous(memory_format=torch.channels_last)  # the conv layout, whatever the transform returned
+    weights = weight.tensor_split(shards) if weight is not None and weight.dim() else [weight] * shards
     params = list(model.parameters())
-    pieces = zip(x.tensor_split(shards), y.tensor_split(shards), partner.tensor_split(shards), strict=True)
+    pieces = zip(x.tensor_split(shards), y.tensor_split(shards), partner.tensor_split(shards), weights, strict=True)
 
     def piece_gradients(piece):
-        xs, ys, partners = piece
+        xs, ys, partners, piece_weight = piece
         with autocast(x.device, precision):
-            logits = model(xs)
-            loss = mixed_loss(logits, ys, weight, partners) if mix is not None else F.cross_entropy(logits, ys)
-            loss = loss * (len(xs) / len(x))
+            loss = batch_loss(model(xs), ys, piece_weight, partners) * (len(xs) / len(x))
         return loss.detach(), torch.autograd.grad(loss, params)
 
     results = map_in_order(piece_gradients, pieces, workers)
@@ -80,9 +90,9 @@ def train_step(model, optimizer, x, y, mix=None, precision="fp32", shards=1, wor
     return loss
 
 
-def train_epoch(model, optimizer, train_x, train_y, order, batch_size, steps, mix=None, draws=None,
+def train_epoch(model, optimizer, train_x, train_y, order, batch_size, steps, augment=None,
                 precision="fp32", progress=None, shards=1, workers=None):
-    """`steps` steps over `order` in batches; when mixing, batch `step` goes through mix(x, draws[step]).
+    """`steps` steps over `order` in batches, each transformed by `augment` when given (train_step).
 
     Returns the per-step losses, on the device; with `progress` (a label) a tqdm bar shows the
     running loss. This is the CPU path (and the reference for the CUDA one, GraphedEpochs).
@@ -91,8 +101,7 @@ def train_epoch(model, optimizer, train_x, train_y, order, batch_size, steps, mi
     losses = torch.zeros(steps, device=train_x.device)
     for step in _progress(0, steps, progress, losses):
         idx = order[step * batch_size:(step + 1) * batch_size]
-        transform = functools.partial(mix, draw=draws[step]) if mix is not None else None
-        losses[step] = train_step(model, optimizer, train_x[idx], train_y[idx], transform, precision, shards, workers)
+        losses[step] = train_step(model, optimizer, train_x[idx], train_y[idx], augment, precision, shards, workers)
     return losses
 
 
@@ -109,11 +118,12 @@ class GraphedEpochs:
     """The CUDA path: the training step captured once as a CUDA graph, then replayed for every step.
 
     A graph replays fixed kernels on fixed memory, so everything a step reads lives in device buffers
-    that the host refills once per epoch: the shuffled order, the variant's draws (a row per step), the
-    per-step losses and a step counter that the step itself advances. The step mixes with the variant's
-    `mix` (lenet_mixup/variant.py), inside the graph; plain epochs use the variant's NO_MIX draws, with
-    which the step is exactly the plain one (the batch as it is, weight 1: 1 * CE(y) + 0 * CE(y_prev) =
-    CE(y)), so one graph serves both. The first WARMUP steps run eagerly on a side stream (the optimizer
+    that the host refills once per epoch: the shuffled order, whether the epoch transforms (`active`),
+    the per-step losses and a step counter that the step itself advances. The step draws with the
+    variant's `draw` and transforms with its `transform` (lenet_mixup/variant.py) inside the graph, so
+    numbers drawn per image are drawn on the GPU at every replay. One graph serves plain epochs too: there
+    the step keeps the batch and its labels (torch.where on `active`: the very pixels, weight 1, so
+    1 * CE(y) + 0 * CE(y_prev) = CE(y)). The first WARMUP steps run eagerly on a side stream (the optimizer
     makes its state on its first step), as torch.cuda.graph's documentation asks. If capture fails the
     same step runs eagerly, still with no host sync inside the epoch; `path` says which ran
     ("cuda-graph" or "cuda-eager") and `capture_error` why capture failed.
@@ -124,13 +134,13 @@ class GraphedEpochs:
     """
     WARMUP = 3
 
-    def __init__(self, model, optimizer, train_x, train_y, batch_size, steps, variant, precision="fp32"):
+    def __init__(self, model, optimizer, train_x, train_y, batch_size, steps, variant, params, precision="fp32"):
         device = train_x.device
         self.model, self.optimizer, self.x, self.y = model, optimizer, train_x, train_y
-        self.batch_size, self.steps, self.variant, self.precision = batch_size, steps, variant, precision
+        self.batch_size, self.steps, self.precision = batch_size, steps, precision
+        self.variant, self.params = variant, params
         self.order = torch.zeros(len(train_x), dtype=torch.long, device=device)
-        self.no_mix = torch.tensor(variant.NO_MIX, dtype=torch.float32, device=device).expand(steps, -1)
-        self.draws = self.no_mix.clone()  # float32, as the variants draw them
+        self.active = torch.zeros((), dtype=torch.bool, device=device)
         self.losses = torch.zeros(steps, device=device)
         self.counter = torch.zeros(1, dtype=torch.long, device=device)
         self.offsets = torch.arange(batch_size, device=device)
@@ -144,20 +154,22 @@ class GraphedEpochs:
         """Train on batch number `counter` of the order, record its loss, advance the counter."""
         idx = self.order.index_select(0, self.counter * self.batch_size + self.offsets)
         x, y = self.x[idx], self.y[idx]
-        draw = self.draws.index_select(0, self.counter).squeeze(0)
+        draw = self.variant.draw(self.params, x.shape, x.device)
         with autocast(x.device, self.precision, graphed=True):
-            x, weight = self.variant.mix(x, draw)
-            loss = mixed_loss(self.model(x), y, weight)
+            transformed, weight = self.variant.transform(x, draw, self.params)
+            x = torch.where(self.active, transformed, x).contiguous(memory_format=torch.channels_last)
+            weight = None if weight is None else torch.where(self.active, weight, 1.0)
+            loss = batch_loss(self.model(x), y, weight)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
         self.losses.index_copy_(0, self.counter, loss.detach().float().unsqueeze(0))
         self.counter += 1
 
-    def epoch(self, order, draws=None, progress=None):
-        """Train one epoch in the given order, with these draws (None: plain); returns per-step losses."""
+    def epoch(self, order, active=False, progress=None):
+        """Train one epoch in the given order, transformed by the variant if `active`; returns per-step losses."""
         self.order.copy_(order)
-        self.draws.copy_(draws if draws is not None else self.no_mix)
+        self.active.fill_(active)
         self.counter.zero_()
         done = self.capture() if self.graph is None and self.capture_error is None else 0
         for _ in _progress(done, self.steps, progress, self.losses):

@@ -1,8 +1,8 @@
 """The training loop of one variant, read top to bottom, and its resume state.
 
 FastEstimator's LeNet tutorial: Adam (lenet_mixup/optim.py), batch `train.batch_size`, reshuffled every
-epoch, sparse cross-entropy, an evaluation after every epoch. A variant (lenet_mixup/variant.py) mixes
-its batches from the epoch its params say on (mixup and cutmix: after `warmup` plain epochs).
+epoch, sparse cross-entropy, an evaluation after every epoch. A variant (lenet_mixup/variant.py) transforms
+its batches from the epoch its params say on (mixup, cutmix, crop_flip: after `warmup` plain epochs).
 `train.steps_per_epoch` and `train.validation_steps` (FastEstimator's knobs of the same names) cap the
 training batches per epoch and the eval batches (of `train.batch_size` images) per evaluation; null means all.
 """
@@ -55,8 +55,8 @@ def train_variant(name, train, params, device, resume_path=None, on_epoch=None):
     params, device type, code and data is resumed from. on_epoch(rows) is called with the rows so far
     after every epoch's state is saved, and at once with the rows a resumed state restored. The run's
     dict says which training path ran, `train_path` "cpu", "cuda-graph" or "cuda-eager" (with
-    `capture_error` when capture failed), and, for a variant that mixes, in how many epochs it did
-    (`mixed_epochs`).
+    `capture_error` when capture failed), and, for a variant that transforms, in how many epochs it did,
+    under its own words (variant.epochs_key: `mixed_epochs` for mixup).
     """
     transform = variant.load(name)
     train_x, train_y = load_split("train", device)
@@ -68,10 +68,11 @@ def train_variant(name, train, params, device, resume_path=None, on_epoch=None):
     if train["shards"] > batch_size:
         raise UserError(f"train.shards = {train['shards']} is more than the {batch_size} images of a batch "
                         "(train.batch_size); lower train.shards")
-    first_mixed = transform.mixing_from(params)
-    if first_mixed is not None and first_mixed >= epochs:
-        print(f"warning: {name} never mixes in this run: its first {first_mixed} epochs train plain "
-              f"({name}.warmup) and train.epochs is {epochs}; this run trains what the baseline does", flush=True)
+    first_active = transform.first_epoch(params)
+    if first_active is not None and first_active >= epochs:
+        print(f"warning: no batch of {name} is {transform.ACTION} in this run: it starts after {first_active} plain "
+              f"epochs ({name}: {params}) and train.epochs is {epochs}; this run trains what the baseline does",
+              flush=True)
     torch.manual_seed(train["seed"])  # the weights, and the variant's draws (CPU or CUDA generator)
     shuffle = torch.Generator(device=device).manual_seed(train["seed"])
     model, optimizer = new_model_and_optimizer(device, train)
@@ -90,21 +91,21 @@ def train_variant(name, train, params, device, resume_path=None, on_epoch=None):
         if on_epoch is not None and state["rows"]:
             on_epoch(state["rows"])
 
-    graphed = GraphedEpochs(model, optimizer, train_x, train_y, batch_size, steps, transform, precision) \
+    graphed = GraphedEpochs(model, optimizer, train_x, train_y, batch_size, steps, transform, params, precision) \
         if device.type == "cuda" else None
+    augment = variant.augmenter(transform, params)
     interactive, first_epoch = sys.stderr.isatty(), state["epoch"]
     for epoch in range(first_epoch, epochs):
-        mixing = first_mixed is not None and epoch >= first_mixed
+        active = first_active is not None and epoch >= first_active
         order = torch.randperm(len(train_x), generator=shuffle, device=device)
-        draws = transform.draws(params, steps, device) if mixing else None
         progress = f"{name} {epoch + 1}/{epochs}" if interactive else None
         start = time.perf_counter()
         if graphed is not None:
-            losses = graphed.epoch(order, draws, progress)
+            losses = graphed.epoch(order, active, progress)
             torch.cuda.synchronize()
         else:
             losses = train_epoch(model, optimizer, train_x, train_y, order, batch_size, steps,
-                                 transform.mix if mixing else None, draws, precision, progress, train["shards"])
+                                 augment if active else None, precision, progress, train["shards"])
         seconds = time.perf_counter() - start
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
@@ -115,7 +116,7 @@ def train_variant(name, train, params, device, resume_path=None, on_epoch=None):
                "eval_loss": eval_loss, "eval_acc": eval_acc, "lr": train["lr"],
                "examples_per_sec": steps * batch_size / seconds, "seconds": seconds,
                "train_steps": steps, "eval_images": len(eval_x)}
-        print(f"{name} epoch {row['epoch']}/{epochs}{' (mixed)' if mixing else ''}: "
+        print(f"{name} epoch {row['epoch']}/{epochs}{f' ({transform.ACTION})' if active else ''}: "
               f"train loss {row['train_loss']:.4f}, eval loss {eval_loss:.4f}, eval acc {eval_acc:.4f}, "
               f"{row['examples_per_sec']:.0f} img/s, {seconds:.1f} s", flush=True)
         if epoch == first_epoch:  # the path is known once the first epoch has captured its graph
@@ -137,8 +138,8 @@ def train_variant(name, train, params, device, resume_path=None, on_epoch=None):
     run = {"train_path": graphed.path if graphed is not None else "cpu"}
     if graphed is not None and graphed.capture_error:
         run["capture_error"] = graphed.capture_error
-    if first_mixed is not None:
-        run["mixed_epochs"] = max(0, epochs - first_mixed)
+    if first_active is not None:
+        run[variant.epochs_key(transform)] = max(0, epochs - first_active)
     return state["rows"], state["best"], final, run
 
 

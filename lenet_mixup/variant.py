@@ -1,19 +1,23 @@
-"""The registry of variants: each is a batch transform in lenet_mixup/variants/<name>.py.
+"""The registry of variants: each is a batch augmentation in lenet_mixup/variants/<name>.py.
 
 params.yaml lists the variants the pipeline trains (`variants`) and holds a section of params for
 each, named after it. A variant's module defines:
 
-    PARAMS                        its section's schema, {key: check} (the checks of lenet_mixup.params)
-    mixing_from(params)           the first epoch (counted from 0) that mixes, or None if none ever does
-    draws(params, steps, device)  one epoch's random numbers, a float32 row per step, on `device`, drawn
-                                  from that device's default generator (seeded by train.seed)
-    NO_MIX                        the row of draws with which `mix` leaves a batch as it is
-    mix(x, draw)                  (the batch transformed, the weight of each image's own label: a 0-d
-                                  tensor); the rest of the weight goes to the label of the image mixed
-                                  into it, its predecessor in the batch (the first image's is the last)
+    PARAMS                       its section's schema, {key: check} (the checks of lenet_mixup.params)
+    ACTION                       what it does to a batch, in its own words, for logs, summaries and pictures
+                                 ("mixed", "cropped and flipped"); the summary counts `<ACTION>_epochs`
+    first_epoch(params)          the first epoch (counted from 0) it transforms, or None if it never does
+    draw(params, shape, device)  the random numbers for one batch of `shape` (N, C, H, W): any tensor, one
+                                 number per batch or per image, from `device`'s default generator
+    transform(x, draw, params)   (the batch transformed, the weight of each image's own label): the weight is a
+                                 0-d tensor (one for the batch), an (N,) tensor (one per image), or None (every
+                                 image keeps its own label). The rest of a weight goes to the label of the image
+                                 mixed in, its predecessor in the batch (the first image's is the last).
 
-`mix` must be tensor operations only, with no host sync: the CPU step calls it, and the CUDA path
-captures it in a graph (lenet_mixup.steps), so both train the variant through the same function.
+Both are tensor operations only, with no host sync: the CPU step calls them for every batch, and the CUDA
+graph captures them (lenet_mixup.steps), so numbers drawn per image are drawn on the GPU at every replay.
+A transform receives the batch as the loop holds it (float images in [0, 1], channels_last); the loop
+puts the batch back in channels_last whatever layout `transform` returns.
 This module imports no torch: params.yaml is checked by stages that never load it.
 """
 import importlib
@@ -23,7 +27,7 @@ from pathlib import Path
 from lenet_mixup.stage import UserError
 
 FOLDER = Path(__file__).parent / "variants"
-INTERFACE = ("PARAMS", "mixing_from", "draws", "NO_MIX", "mix")
+INTERFACE = ("PARAMS", "ACTION", "first_epoch", "draw", "transform")
 REFERENCE = "baseline"  # the variant every other one is compared with
 
 
@@ -47,3 +51,13 @@ def load(name):
         raise UserError(f"{source(name)} lacks {', '.join(missing)}: a variant defines {', '.join(INTERFACE)} "
                         "(lenet_mixup/variant.py says what each is)")
     return module
+
+
+def augmenter(module, params):
+    """x -> (x transformed, label weight): one batch drawn for and transformed, as the CPU step does it."""
+    return lambda x: module.transform(x, module.draw(params, x.shape, x.device), params)
+
+
+def epochs_key(module):
+    """The summary's count of the epochs a variant transformed, in its own words (`mixed_epochs`)."""
+    return re.sub(r"\W+", "_", module.ACTION.strip().lower()) + "_epochs"

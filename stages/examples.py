@@ -1,9 +1,9 @@
 """Stage `examples@<variant>`: python -m stages.examples VARIANT
 
-A picture of what a variant feeds the network: a few real training batches transformed by the variant's
-own `draws` and `mix`, the functions its training calls (lenet_mixup/variant.py), one draw per batch (row).
-Each image is titled with its label and, when mixed, the label of the image mixed into it with their
-weights. Writes metrics/<variant>/examples.png.
+A picture of what a variant feeds the network: a few real training batches (a row each) drawn for and
+transformed by the variant's own `draw` and `transform`, the functions its training calls
+(lenet_mixup/variant.py). Each image is titled with its label and, when its label weight is below 1, the
+label of the image mixed into it, with their weights. Writes metrics/<variant>/examples.png.
 """
 import json
 import sys
@@ -23,7 +23,14 @@ ROWS, COLUMNS = 4, 6  # batches shown, images per batch
 
 
 def title(weight, label, partner_label):
-    return label if weight == 1 else f"{weight:.2f} {label}\n{1 - weight:.2f} {partner_label}"
+    return label if weight is None or weight == 1 else f"{weight:.2f} {label}\n{1 - weight:.2f} {partner_label}"
+
+
+def image_weights(weight, n):
+    """Each image's weight of its own label: a per-batch weight for all n, a per-image one each, or None."""
+    if weight is None:
+        return [None] * n
+    return [weight.item()] * n if weight.dim() == 0 else weight.tolist()
 
 
 def main():
@@ -38,20 +45,20 @@ def main():
     labels = np.load(paths.prepared_file("train_y"))
     classes = json.loads((paths.PREPARED / "classes.json").read_text())
     torch.manual_seed(params["train"]["seed"])
-    draws = transform.draws(params[name], ROWS, "cpu")
     pick = torch.Generator().manual_seed(params["train"]["seed"])
     # 1170 px wide: within the plots page (`dvc plots show`), none of it cut off
     fig, axes = plt.subplots(ROWS, COLUMNS, figsize=(1.95 * COLUMNS, 2.3 * ROWS), constrained_layout=True)
-    for row, draw in enumerate(draws):
+    for row in range(ROWS):
         idx = torch.randperm(len(images), generator=pick)[:COLUMNS].sort().values.numpy()
-        mixed, weight = transform.mix(torch.from_numpy(images[idx].copy()), draw)
+        batch = torch.from_numpy(images[idx].copy())
+        shown, weight = transform.transform(batch, transform.draw(params[name], batch.shape, "cpu"), params[name])
         y = labels[idx]
-        for col, ax in enumerate(axes[row]):
-            ax.imshow(mixed[col].numpy().transpose(1, 2, 0).clip(0, 1), interpolation="nearest")
-            ax.set_title(title(weight.item(), classes[y[col]], classes[y[col - 1]]), fontsize=9)
+        for col, (ax, own) in enumerate(zip(axes[row], image_weights(weight, COLUMNS), strict=True)):
+            ax.imshow(shown[col].numpy().transpose(1, 2, 0).clip(0, 1), interpolation="nearest")
+            ax.set_title(title(own, classes[y[col]], classes[y[col - 1]]), fontsize=9)
             ax.axis("off")
     settings = ", ".join(f"{k} {v}" for k, v in params[name].items())
-    fig.suptitle(f"What {name} feeds the network: real training batches, one draw per batch (row)"
+    fig.suptitle(f"What {name} feeds the network: real training batches, {transform.ACTION}, a batch per row"
                  + (f"; {settings}" if settings else ""), fontsize=11)
     with atomic_output(paths.examples_png(name)) as tmp:
         fig.savefig(tmp, dpi=100, format="png")

@@ -23,7 +23,7 @@ def main():
     if len(sys.argv) != 2:
         raise UserError(f"usage: python -m stages.train VARIANT (one of {', '.join(variant.available())})")
     name = sys.argv[1]
-    variant.load(name)
+    module = variant.load(name)
     params = load_params("train", name)
     train = params["train"]
     device = resolve_device(train["device"])
@@ -50,7 +50,8 @@ def main():
     with atomic_output(paths.summary_json(name)) as tmp:
         write_summary(summary, tmp)
     paths.resume_state(name).unlink()
-    never = " (it never mixed: see the warning above)" if run_info.get("mixed_epochs") == 0 else ""
+    never = run_info.get(variant.epochs_key(module)) == 0
+    never = f" (no batch was {module.ACTION}: see the warning above)" if never else ""
     print(f"{name}: peak eval acc {summary['peak_eval_acc']:.4f} (epoch {summary['peak_epoch']}), "
           f"final {summary['final_eval_acc']:.4f}; min eval loss {summary['min_eval_loss']:.4f} "
           f"(epoch {summary['min_loss_epoch']}), final {summary['final_eval_loss']:.4f}; "

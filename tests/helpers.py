@@ -30,6 +30,7 @@ TEST_PARAMS = {
     "baseline": {},
     "mixup": {"alpha": 1.0, "warmup": 1},
     "cutmix": {"alpha": 1.0, "warmup": 1},
+    "crop_flip": {"padding": 4, "flip": 0.5, "warmup": 0},
     "evaluate": {"fgsm_eps_255": [1, 2, 4, 8], "ece_bins": 15},
     "variants": ["baseline", "mixup"],
 }
@@ -103,22 +104,44 @@ class Project:
 
 
 def project_params(url="cifar-10-python.tar.gz", md5=None, root=ROOT, **sections):
-    """params.yaml for a test project: this checkout's file, its layout and comments kept, with every value
-    pinned (TEST_PARAMS, then `sections`) and data.url and data.md5 naming `url` and `md5`."""
+    """params.yaml for a test project: this checkout's file for its layout and comments, holding exactly the
+    sections of TEST_PARAMS (then `sections`) with every value pinned, and data.url and data.md5 naming `url`
+    and `md5`. The section of a variant a user added here is left out (a test that adds it, as the README does,
+    must find none), unless a test lists that variant: then it comes as the user wrote it (variant_params).
+    A section of the schema the tests do not pin (a user's own, lenet_mixup.params.SCHEMA) comes as it is."""
     yaml = YAML()  # round trip, as DVC writes params back after `dvc exp run -S`
     params = yaml.load((root / "params.yaml").read_text())
     pinned = {section: values if isinstance(values, list) else {**values, **sections.get(section, {})}
               for section, values in TEST_PARAMS.items()}
     pinned["variants"] = sections.get("variants", pinned["variants"])
-    for section, values in {**pinned, "data": {"url": url, "md5": md5}}.items():
-        if isinstance(values, list):
+    pinned.update({name: variant_params(name, root) for name in pinned["variants"] if name not in pinned})
+    pinned["data"] = {"url": url, "md5": md5}
+    from lenet_mixup.params import SCHEMA
+    for section in [s for s in params if s not in pinned and s not in SCHEMA]:  # variants not listed: out
+        del params[section]
+    for section, values in pinned.items():
+        if isinstance(values, list) or section not in params:
             params[section] = values
             continue
+        for key in [k for k in params[section] if k not in values]:
+            del params[section][key]
         for key, value in values.items():
             params[section][key] = value
     out = io.StringIO()
     yaml.dump(params, out)
     return out.getvalue()
+
+
+def variant_params(name, root=ROOT):
+    """A variant's params for the tests: pinned in TEST_PARAMS, or for a variant of the user's own, which the
+    tests cannot know, its section in this checkout's params.yaml."""
+    if name in TEST_PARAMS:
+        return TEST_PARAMS[name]
+    from lenet_mixup.params import read_yaml
+    section = read_yaml((root / "params.yaml").read_text()).get(name)
+    if section is None:
+        pytest.fail(f"variant {name} has a module but no section in params.yaml: give it one, as the README says")
+    return section
 
 
 def copy_project_files(target, names=PROJECT_FILES):

@@ -1,21 +1,21 @@
 """The baseline: every batch as it comes, each image with its own label. The reference of every comparison.
 
-It never mixes, so its section in params.yaml is empty (`baseline: {}`). Its `mix` is the identity, for
-the CUDA graph, which replays one captured step for every variant (lenet_mixup.steps.GraphedEpochs).
+It never transforms, so its section in params.yaml is empty (`baseline: {}`). It still defines `draw` and
+`transform` (nothing, and the identity) for the CUDA graph, which captures one step for every variant.
 """
 import torch
 
 PARAMS = {}
-NO_MIX = (1.0,)  # the weight of each image's own label
+ACTION = "left as they are"
 
 
-def mixing_from(params):
+def first_epoch(params):
     return None
 
 
-def draws(params, steps, device):
-    return torch.ones(steps, 1, device=device)
+def draw(params, shape, device):
+    return torch.empty(0, device=device)
 
 
-def mix(x, draw):
-    return x, draw[0]
+def transform(x, draw, params):
+    return x, None

@@ -12,19 +12,19 @@ import torch
 from lenet_mixup.params import integer, positive_number
 
 PARAMS = {"alpha": positive_number, "warmup": integer(at_least=0)}
-NO_MIX = (1.0, 0.0, 0.0)  # lambda 1: a box of no area
+ACTION = "mixed"
 
 
-def mixing_from(params):
+def first_epoch(params):
     return params["warmup"]
 
 
-def draws(params, steps, device):
-    """Per step: lambda ~ Beta(alpha, alpha), then the box centre's row and column as fractions in (0, 1),
-    from Beta(1, 1), the uniform distribution: one call draws each step's three numbers in turn, so that on
-    the CPU n draws at once are exactly n single draws in a row, as mixup's are."""
-    concentration = torch.tensor([float(params["alpha"]), 1.0, 1.0], device=device)
-    return torch.distributions.Beta(concentration, concentration, validate_args=False).sample((steps,))
+def draw(params, shape, device):
+    """One box for the batch: lambda ~ Beta(alpha, alpha), then the box centre's row and column as fractions in
+    (0, 1), from Beta(1, 1), the uniform distribution; three numbers, drawn in turn by one call."""
+    concentration = torch.ones(3, device=device)  # filled on the device: no copy from the host inside a graph
+    concentration[0] = float(params["alpha"])
+    return torch.distributions.Beta(concentration, concentration, validate_args=False).sample()
 
 
 def box(draw, height, width):
@@ -37,7 +37,7 @@ def box(draw, height, width):
             (centre_x - half_w).clamp(0, width), (centre_x + half_w).clamp(0, width))
 
 
-def mix(x, draw):
+def transform(x, draw, params):
     """The box of every image replaced by its predecessor's; tensor operations only, so a CUDA graph captures it."""
     height, width = x.shape[-2:]
     top, bottom, left, right = box(draw, height, width)

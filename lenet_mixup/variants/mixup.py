@@ -10,22 +10,21 @@ import torch
 from lenet_mixup.params import integer, positive_number
 
 PARAMS = {"alpha": positive_number, "warmup": integer(at_least=0)}
-NO_MIX = (1.0,)  # lambda 1: the batch as it is
+ACTION = "mixed"
 
 
-def mixing_from(params):
+def first_epoch(params):
     """The first `warmup` epochs train plain, as FastEstimator's Scheduler({1: MixUpBatch}) did."""
     return params["warmup"]
 
 
-def draws(params, steps, device):
-    """One lambda per step ~ Beta(alpha, alpha). On the CPU, n draws at once are exactly n single draws in a row."""
+def draw(params, shape, device):
+    """The batch's lambda ~ Beta(alpha, alpha), a 0-d tensor. On the CPU, draws one after another are exactly
+    the draws of one call for many, so a run's lambdas do not depend on how the loop asks for them."""
     concentration = torch.full((), float(params["alpha"]), device=device)
-    beta = torch.distributions.Beta(concentration, concentration, validate_args=False)
-    return beta.sample((steps,)).unsqueeze(1)
+    return torch.distributions.Beta(concentration, concentration, validate_args=False).sample()
 
 
-def mix(x, draw):
+def transform(x, lam, params):
     """Every image blended with its predecessor in the batch (the first with the last)."""
-    lam = draw[0]
     return lam * x + (1 - lam) * x.roll(1, dims=0), lam

@@ -7,6 +7,7 @@ copies by hand; temporary folders replace /mnt/shared/dvc-cache and the git serv
 links the test run's own, already installed, environment instead of building one.
 """
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -23,31 +24,39 @@ from tools.runs import captured
 PAGES = ["README.md", "docs/offline.md", "docs/experiments.md", "docs/sweeps.md"]  # the pages with flows, in order
 FLOWS = ["quick start", "everyday", "failed experiment", "new variant", "offline first run", "watch", "share",
          "other machine", "sweep"]
+INNER = "LENET_MIXUP_README_TEST_INNER"  # set in the run of the suite inside the used workspace
 SHIPPED_WITHOUT = {"dvc.lock"}  # a record of a run, which the README's first run commits
 FLOW = re.compile(r"<!-- flow: (.+?) -->\n```bash\n(.*?)```", re.S)
 COMMENT = re.compile(r"\s+#\s.*$")
-# The test's own variant, written where the README's step copies mixup.py: a share `alpha` of each batch
-# mirrored left-right, every label kept (weight 1).
-OWN_VARIANT = '''"""A share `alpha` of each batch mirrored left-right, the labels kept."""
+# The test's own variant, written where the README's step copies crop_flip.py: random erasing (Zhong et al.,
+# 2020), a square of `size` pixels set to 0 at a random place in each image, every label kept. Its mask makes a
+# batch in the default layout, which the loop must put back in channels_last.
+OWN_VARIANT = '''"""Random erasing: in each image a `size` x `size` square, at a place of its own, set to 0."""
 import torch
 
-from lenet_mixup.params import integer, positive_number
+from lenet_mixup.params import integer
 
-PARAMS = {"alpha": positive_number, "warmup": integer(at_least=0)}
-NO_MIX = (0.0,)  # no image mirrored
+PARAMS = {"size": integer(at_least=1), "warmup": integer(at_least=0)}
+ACTION = "erased"
 
 
-def mixing_from(params):
+def first_epoch(params):
     return params["warmup"]
 
 
-def draws(params, steps, device):
-    return torch.full((steps, 1), float(params["alpha"]), device=device)
+def draw(params, shape, device):
+    return torch.rand(shape[0], 2, device=device)  # per image: the square's top and left, as fractions
 
 
-def mix(x, draw):
-    mirrored = (torch.arange(len(x), device=x.device) < draw[0] * len(x)).view(-1, 1, 1, 1)
-    return torch.where(mirrored, x.flip(-1), x), torch.ones((), device=x.device)
+def transform(x, draw, params):
+    n, _, height, width = x.shape
+    size = params["size"]
+    top = (draw[:, 0] * (height - size + 1)).floor().view(n, 1, 1)
+    left = (draw[:, 1] * (width - size + 1)).floor().view(n, 1, 1)
+    rows = torch.arange(height, device=x.device).view(1, -1, 1)
+    columns = torch.arange(width, device=x.device).view(1, 1, -1)
+    inside = (rows >= top) & (rows < top + size) & (columns >= left) & (columns < left + size)
+    return x.masked_fill(inside.unsqueeze(1), 0.0), None
 '''
 HISTORY = re.compile(r"this task|(later|earlier|previous) session|issue [0-9]", re.I)
 
@@ -211,25 +220,31 @@ def test_the_docs_flows_work_as_written(fresh_clone):
     assert "Data and pipelines are up to date" in rest[-1][2] and git_clean(project)
 
     # A variant of one's own, by the steps "Where to change what" gives: the copy, then the test's own transform
-    # written into it (the user's edit), then the rest as written. It is trained, evaluated, compared and
-    # plotted in a colour of its own; the others are not run again; the user edited two files.
+    # written into it (the user's edit), then the rest as written. It is trained on the CPU path, evaluated, compared
+    # and plotted in a colour of its own; the others are not run again; the user edited two files.
     copy, *rest = [COMMENT.sub("", line) for line in flows()["new variant"].splitlines() if line.strip()]
     succeeded(session.run_lines([copy]))
-    (project / "lenet_mixup/variants/blend.py").write_text(OWN_VARIANT)
+    own = re.search(r"variants/(\w+)\.py", copy).group(1)
+    (project / f"lenet_mixup/variants/{own}.py").write_text(OWN_VARIANT)
     steps = session.run_lines(rest)
     succeeded(steps)
-    assert sorted(ran(steps[0][2])) == ["compare", "evaluate@blend", "examples@blend", "train@blend"], steps[0][2]
-    assert "blend epoch 2/2 (mixed)" in steps[0][2]
+    trained = steps[0][2]
+    assert sorted(ran(trained)) == ["compare", f"evaluate@{own}", f"examples@{own}", f"train@{own}"], trained
+    assert f"{own} epoch 2/2 (erased)" in trained and "training path: cpu" in trained
     committed = subprocess.run(["git", "show", "--name-only", "--format=", "HEAD"], cwd=project,
                                capture_output=True, text=True).stdout.split()
     edited = [f for f in committed if f != "dvc.lock" and not f.endswith(".gitignore")]
-    assert sorted(edited) == ["lenet_mixup/variants/blend.py", "params.yaml"], committed
+    module = f"lenet_mixup/variants/{own}.py"  # already committed where this runs in a workspace that followed it
+    assert "params.yaml" in edited and set(edited) <= {module, "params.yaml"}, committed
+    assert subprocess.run(["git", "show", f"HEAD:{module}"], cwd=project, capture_output=True,
+                          text=True).stdout == OWN_VARIANT
     metrics = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show"], cwd=project, env=session.env,
                              capture_output=True, text=True).stdout
-    assert "metrics/blend/summary.json" in metrics and "metrics/blend/evaluation.json" in metrics
-    assert "| blend - baseline |" in (project / "results/comparison.md").read_text()
+    assert f"metrics/{own}/summary.json" in metrics and f"metrics/{own}/evaluation.json" in metrics
+    assert json.loads((project / f"metrics/{own}/summary.json").read_text())["erased_epochs"] == 2
+    assert f"| {own} - baseline |" in (project / "results/comparison.md").read_text()
     colours = {(r["variant"], r["color"]) for r in plot_rows(project, session.env)}
-    assert {v for v, _ in colours} == {"baseline", "mixup", "blend"} and len({c for _, c in colours}) == 3
+    assert {v for v, _ in colours} == {"baseline", "mixup", own} and len({c for _, c in colours}) == 3
 
     steps = session.run("offline first run")
     out = succeeded(steps)
@@ -286,14 +301,19 @@ def test_the_docs_flows_work_as_written(fresh_clone):
                           env=session.env, capture_output=True, text=True)
     assert plan.returncode == 0 and "4 runs, 4 already done, 0 to run" in plan.stdout, plan.stdout + plan.stderr
 
-    # The suite, in this used workspace: nothing of it (the remote, the experiments, dvc_plots) leaks in.
+    # The suite, in this used workspace (a remote, a variant of its own committed, experiments run, pushed and
+    # applied): the tests that build projects, and this README test itself, pass; nothing of the workspace leaks in.
+    if os.environ.get(INNER):
+        return  # this is that inner run: it does not start another
     assert "dvc.lock" in subprocess.run(["git", "ls-files"], cwd=project, capture_output=True, text=True).stdout
-    sample = ["tests/unit/test_params.py", "tests/unit/test_dvc_yaml.py",
+    sample = ["tests/unit/test_params.py", "tests/unit/test_dvc_yaml.py", "tests/unit/test_variants.py",
+              "tests/pipeline/test_variants_pipeline.py",
               "tests/pipeline/test_pipeline.py::test_a_test_project_holds_no_remote_of_this_workspace",
-              "tests/pipeline/test_readme.py::test_the_fresh_clone_is_the_project_as_shipped"]
+              "tests/pipeline/test_readme.py"]
     inner = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *sample], cwd=project,
-                           env={**session.env, "PYTHONPATH": str(project)}, capture_output=True, text=True)
+                           env={**session.env, "PYTHONPATH": str(project), INNER: "1"}, capture_output=True, text=True)
     assert inner.returncode == 0, inner.stdout[-3000:] + inner.stderr[-2000:]
+    assert " passed" in inner.stdout.splitlines()[-1] and "skipped" not in inner.stdout.splitlines()[-1]
 
 
 # Every command a code block of the README or the docs shows, and the test that runs it (at least as a smoke test).

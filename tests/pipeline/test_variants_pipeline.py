@@ -1,9 +1,17 @@
-"""Variants as data, through DVC: CutMix turned on by one command, the optimizer swapped in its one function;
-each on a finished tiny project. (A user's own variant, by the README's steps: tests/pipeline/test_readme.py.)"""
+"""Variants as data, through DVC: CutMix (per batch) and crop_flip (per image) each turned on by one command, the
+optimizer swapped in its one function; each on a finished tiny project. (A user's own variant, by the README's
+steps: tests/pipeline/test_readme.py.)"""
 import json
+
+import pytest
 
 from lenet_mixup.params import read_yaml
 from tests.helpers import ran
+
+# A built-in variant that is off, what its log says of a transformed epoch, and its summary's count of them
+# (tiny projects train 2 epochs: CutMix after 1 plain one, crop_flip from the first).
+OFF = {"cutmix": ("(mixed)", "mixed_epochs", 1),
+       "crop_flip": ("(cropped and flipped)", "cropped_and_flipped_epochs", 2)}
 
 
 def params_yaml(project):
@@ -20,20 +28,21 @@ def plot_rows(project, chart="Eval accuracy"):
     return shown["data"][chart][0]["content"]["data"]["values"]
 
 
-def test_cutmix_is_turned_on_by_one_command_and_the_others_are_not_rerun(finished_project):
-    project = finished_project
-    out = project.dvc("exp", "run", "-S", "variants=[baseline,mixup,cutmix]").stdout
-    assert ran(out) == ["train@cutmix", "evaluate@cutmix", "examples@cutmix", "compare"]
+@pytest.mark.parametrize("name", OFF)
+def test_a_built_in_variant_is_turned_on_by_one_command_and_the_others_are_not_rerun(finished_project, name):
+    project, (said, key, epochs) = finished_project, OFF[name]
+    out = project.dvc("exp", "run", "-S", f"variants=[baseline,mixup,{name}]").stdout
+    assert ran(out) == [f"train@{name}", f"evaluate@{name}", f"examples@{name}", "compare"]
     for kept in ("train@baseline", "train@mixup", "evaluate@baseline", "evaluate@mixup"):
         assert f"Stage '{kept}' didn't change, skipping" in out
-    assert "cutmix epoch 2/2 (mixed)" in out
-    summary = json.loads(project.read("metrics/cutmix/summary.json"))
-    assert summary["mixed_epochs"] == 1 and "metrics/cutmix/evaluation.json" in json.dumps(shown_metrics(project))
-    assert "| metric | baseline | mixup | cutmix | mixup - baseline | cutmix - baseline | best |" in \
+    assert f"{name} epoch 2/2 {said}" in out
+    summary = json.loads(project.read(f"metrics/{name}/summary.json"))
+    assert summary[key] == epochs and f"metrics/{name}/evaluation.json" in json.dumps(shown_metrics(project))
+    assert f"| metric | baseline | mixup | {name} | mixup - baseline | {name} - baseline | best |" in \
         project.read("results/comparison.md")
     colours = {(r["variant"], r["color"]) for r in plot_rows(project)}
     assert len(colours) == 3 == len({c for _, c in colours}) and ("baseline", "#1f77b4") in colours
-    assert project.run("git", "diff", "HEAD", "params.yaml").stdout.count("\n+- cutmix") == 1
+    assert project.run("git", "diff", "HEAD", "params.yaml").stdout.count(f"\n+- {name}") == 1
     assert json.loads(project.dvc("status", "--json").stdout) == {}
 
 

@@ -4,15 +4,12 @@ Each op runs on one thread, a batch is cut into `shards` pieces whose gradients 
 and an evaluation into chunks combined in order (lenet_mixup.cpu), so one worker and two give the
 same bits, and one shard is the plain textbook step.
 """
-import functools
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lenet_mixup import cpu, evaluation, robustness, steps, variant
-from lenet_mixup.params import load_params
-from tests.helpers import ROOT, TEST_PARAMS
+from tests.helpers import TEST_PARAMS, variant_params
 
 BATCH, STEPS = 50, 6
 TRAIN, CPU = TEST_PARAMS["train"], torch.device("cpu")
@@ -32,19 +29,18 @@ def data():
     return x, torch.randint(0, 10, (len(x),), generator=generator), torch.randperm(len(x), generator=generator)
 
 
-def draws(name, steps_per_epoch):
-    """A variant's draws, as training draws an epoch of them, with its params in the project's params.yaml."""
-    return variant.load(name).draws(load_params(name, path=ROOT / "params.yaml")[name], steps_per_epoch, "cpu")
+def augment(name):
+    """What the training loop passes train_epoch for variant `name`, with the tests' params for it."""
+    return variant.augmenter(variant.load(name), variant_params(name))
 
 
 def epoch(shards, workers, name=None, precision="fp32"):
-    """An epoch of train_epoch: plain (name None), or every batch mixed by variant `name`."""
+    """An epoch of train_epoch: plain (name None), or every batch transformed by variant `name`."""
     x, y, order = data()
     torch.manual_seed(0)
     model, optimizer = steps.new_model_and_optimizer(CPU, TRAIN)
-    mix, epoch_draws = (variant.load(name).mix, draws(name, STEPS)) if name else (None, None)
-    losses = steps.train_epoch(model, optimizer, x, y, order, BATCH, STEPS, mix, epoch_draws, precision,
-                               shards=shards, workers=workers)
+    losses = steps.train_epoch(model, optimizer, x, y, order, BATCH, STEPS, augment(name) if name else None,
+                               precision, shards=shards, workers=workers)
     return losses, model.state_dict()
 
 
@@ -54,7 +50,8 @@ def identical(a, b):
 
 @pytest.mark.parametrize("name, precision", [(None, "fp32"), *((n, "fp32") for n in variant.available()),
                                              ("mixup", "bf16"), ("cutmix", "bf16")],
-                         ids=["plain", *(f"{n}-mixed" for n in variant.available()), "mixup-bf16", "cutmix-bf16"])
+                         ids=["plain", *(f"{n}-transformed" for n in variant.available()), "mixup-bf16",
+                              "cutmix-bf16"])
 def test_the_bits_depend_on_the_shards_not_on_the_workers(name, precision):
     torch.set_num_threads(2)  # whatever the caller had set: the pieces are computed one thread per op
     two = epoch(2, 1, name, precision)
@@ -82,17 +79,15 @@ def test_one_shard_is_the_plain_step_to_the_last_bit():
 @pytest.mark.parametrize("name", variant.available())
 def test_shards_are_the_batch_gradient_up_to_rounding(name):
     """Pieces weighted by their size: the summed gradients are the whole batch's, in float64 exactly so. The batch
-    is mixed whole, then cut: each piece's images keep their partners from the whole batch."""
+    is transformed whole, then cut: each piece's images keep their partners and weights from the whole batch."""
     x, y, _ = data()
     x, y = x[:BATCH].double(), y[:BATCH]
-    torch.manual_seed(0)
-    mix = functools.partial(variant.load(name).mix, draw=draws(name, 1)[0])
     results = []
     for shards in (1, 3):
         torch.manual_seed(0)
         model, optimizer = steps.new_model_and_optimizer(CPU, TRAIN)
         model.double()
-        steps.train_step(model, optimizer, x, y, mix, shards=shards)
+        steps.train_step(model, optimizer, x, y, augment(name), shards=shards)  # the same draw: seeded alike
         results.append([p.grad for p in model.parameters()])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)

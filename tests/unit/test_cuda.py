@@ -15,7 +15,10 @@ How closely things must agree, and why:
   atol 1e-9. float64 rounding is ~1e-16; a real difference (another batch, draw, missed or repeated step)
   moves weights by ~lr = 1e-3 and losses by far more than 1e-6.
 Each graph test runs every variant in the registry (lenet_mixup/variant.py): its plain epochs (the captured
-step replayed with the variant's NO_MIX draws) and, for a variant that mixes, its mixed epochs.
+step replayed with the transform switched off) and, for a variant that transforms, its transformed epochs.
+The step draws inside the graph, from the CUDA generator: graph and eager runners seeded alike draw alike
+(a replay takes the generator's offsets as the eager step it stands for). Against the CPU path, whose
+generator is another, both take their draws from one table (Replayed).
 - Whole training runs (train_variant) on CUDA: rows equal to the last digit, as on the CPU (the stages
   run cuDNN's deterministic algorithms for that); a resume that leaves the CUDA generator alone must
   differ, so the kill-and-resume test can fail.
@@ -28,25 +31,22 @@ import torch
 from lenet_mixup import paths, training, variant
 from lenet_mixup.device import resolve_device
 from lenet_mixup.evaluation import evaluate
-from lenet_mixup.params import load_params
 from lenet_mixup.steps import GraphedEpochs, new_model_and_optimizer, train_epoch
-from tests.helpers import ROOT, TEST_PARAMS, curve, killed_after
+from tests.helpers import TEST_PARAMS, curve, killed_after, variant_params
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                           reason="no CUDA device: these tests run on a GPU machine (bench/gpu_check.sh runs them)")
 
 BATCH, STEPS = 50, 12  # 12 steps: GraphedEpochs.WARMUP (3) eager, then capture, then 9 replays
 TRAIN = {**TEST_PARAMS["train"], "epochs": 4}
-# The epochs each graph test trains, in order: False a plain epoch, True one mixed with an epoch of draws.
+# The epochs each graph test trains, in order: False a plain epoch, True one the variant transforms.
 SEQUENCES = {"plain": [False, False, False], "mixed": [True, True, True],
              "plain-then-mixed": [False, True, True]}  # a stage's order with warmup 1
-# Each variant's params: the tests' pinned ones, or for a variant they do not pin, the project's params.yaml.
-PARAMS = {name: TEST_PARAMS[name] if name in TEST_PARAMS else load_params(name, path=ROOT / "params.yaml")[name]
-          for name in variant.available()}
-MIXING = [name for name in variant.available() if variant.load(name).mixing_from(PARAMS[name]) is not None]
-# (variant, sequence) for every variant: its plain epochs, and its mixed ones if it ever mixes.
+PARAMS = {name: variant_params(name) for name in variant.available()}
+TRANSFORMING = [name for name in variant.available() if variant.load(name).first_epoch(PARAMS[name]) is not None]
+# (variant, sequence) for every variant: its plain epochs, and its transformed ones if it ever transforms.
 CASES = [(name, sequence) for name in variant.available() for sequence in SEQUENCES
-         if name in MIXING or sequence == "plain"]
+         if name in TRANSFORMING or sequence == "plain"]
 IDS = [f"{name}-{sequence}" for name, sequence in CASES]
 
 
@@ -70,26 +70,58 @@ def data(device, dtype=torch.float32, steps=STEPS, seed=0):
     return x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
 
 
-def epochs(name, kinds, images, steps=STEPS, seed=1):
-    """One (order, the variant's draws or None) per epoch, drawn on the CPU: the same for every runner compared."""
+def epochs(kinds, images, seed=1):
+    """One (order, transformed or not, seed of the epoch's draws) per epoch: the same for every runner compared."""
     generator = torch.Generator().manual_seed(seed)
+    return [(torch.randperm(images, generator=generator), active, seed + number)
+            for number, active in enumerate(kinds)]
+
+
+def run_epoch(runner, order, active, seed):
+    """One epoch of a GraphedEpochs, its draws from the CUDA generator seeded with `seed`."""
+    torch.cuda.manual_seed(seed)
+    return runner.epoch(order.to(runner.x.device), active)
+
+
+class Replayed:
+    """Variant `name` with its draws taken from a table, row k at the k-th draw of an epoch (`refill` starts an
+    epoch), through a counter on the table's device that each draw advances: a graph captures the reading and
+    replays it step by step, eager steps and the CPU path read the same rows."""
+
+    def __init__(self, name, device, steps=STEPS):
+        module = variant.load(name)
+        self.PARAMS, self.ACTION, self.first_epoch, self.transform = (module.PARAMS, module.ACTION,
+                                                                      module.first_epoch, module.transform)
+        self.table = table(name, steps, 0).to(device)
+        self.counter = torch.zeros(1, dtype=torch.long, device=device)
+
+    def refill(self, rows):
+        self.table.copy_(rows)
+        self.counter.zero_()
+
+    def draw(self, params, shape, device):
+        row = self.table.index_select(0, self.counter).squeeze(0)
+        self.counter += 1
+        return row
+
+
+def table(name, steps, seed):
+    """An epoch of a variant's draws, a batch's a row, drawn on the CPU."""
     torch.manual_seed(seed)
-    draws = variant.load(name).draws
-    return [(torch.randperm(images, generator=generator), draws(PARAMS[name], steps, "cpu") if mixed else None)
-            for mixed in kinds]
+    module = variant.load(name)
+    return torch.stack([module.draw(PARAMS[name], (BATCH, 3, 32, 32), "cpu") for _ in range(steps)])
 
 
-def mixed_epochs(name, train):
-    """What train_variant reports for a variant that mixes: its epochs from the first mixed one on."""
-    return max(0, train["epochs"] - variant.load(name).mixing_from(PARAMS[name]))
+def transformed_epochs(name, train):
+    """What train_variant reports for a variant that transforms: its epochs from the first transformed one on."""
+    module = variant.load(name)
+    return {variant.epochs_key(module): max(0, train["epochs"] - module.first_epoch(PARAMS[name]))}
 
 
-def on(device, order, draws):
-    return order.to(device), draws.to(device) if draws is not None else None
-
-
-def runner(x, y, name, dtype=torch.float32, steps=STEPS, precision="fp32", eager=False, capturable=True):
-    """A GraphedEpochs of variant `name` over a fresh model and optimizer made as the stages make them (seed 0).
+def runner(x, y, name, dtype=torch.float32, steps=STEPS, precision="fp32", eager=False, capturable=True,
+           module=None):
+    """A GraphedEpochs of variant `name` (or of `module`, a stand-in for it) over a fresh model and optimizer made
+    as the stages make them (seed 0).
 
     eager=True: its step runs eagerly, never captured, the way it runs when capture has failed.
     """
@@ -98,7 +130,8 @@ def runner(x, y, name, dtype=torch.float32, steps=STEPS, precision="fp32", eager
     model.to(dtype)  # in place: the optimizer keeps its parameters
     if not capturable:  # torch.optim's fused Adam, not capturable: torch refuses to capture its step
         optimizer = torch.optim.Adam(model.parameters(), lr=TRAIN["lr"], betas=(0.9, 0.999), eps=1e-7, fused=True)
-    graphed = GraphedEpochs(model, optimizer, x, y, BATCH, steps, variant.load(name), precision)
+    graphed = GraphedEpochs(model, optimizer, x, y, BATCH, steps, module or variant.load(name), PARAMS[name],
+                            precision)
     if eager:
         graphed.capture_error = "the eager reference"
     return graphed
@@ -148,9 +181,8 @@ def test_graph_replay_equals_eager_steps_bitwise_in_float32(stage_cuda, name, se
     """Three epochs in a row: the first runs the WARMUP eager steps, captures, and replays the rest."""
     x, y = data(stage_cuda)
     graphed, eager = runner(x, y, name), runner(x, y, name, eager=True)
-    for number, (order, draws) in enumerate(epochs(name, SEQUENCES[sequence], len(x)), 1):
-        order, draws = on(stage_cuda, order, draws)
-        graphed_losses, eager_losses = graphed.epoch(order, draws), eager.epoch(order, draws)
+    for number, epoch in enumerate(epochs(SEQUENCES[sequence], len(x)), 1):
+        graphed_losses, eager_losses = run_epoch(graphed, *epoch), run_epoch(eager, *epoch)
         assert graphed.graph is not None and graphed.capture_error is None and graphed.path == "cuda-graph"
         assert eager.graph is None and eager.path == "cuda-eager"
         assert graphed.counter.item() == eager.counter.item() == STEPS
@@ -163,30 +195,34 @@ def test_graph_replay_equals_eager_steps_bitwise_in_float32(stage_cuda, name, se
 def test_graph_replay_equals_eager_steps_in_float64(stage_cuda, name, sequence):
     x, y = data(stage_cuda, torch.float64)
     graphed, eager = runner(x, y, name, torch.float64), runner(x, y, name, torch.float64, eager=True)
-    for number, (order, draws) in enumerate(epochs(name, SEQUENCES[sequence], len(x)), 1):
-        order, draws = on(stage_cuda, order, draws)
-        graphed_losses, eager_losses = graphed.epoch(order, draws), eager.epoch(order, draws)
+    for number, epoch in enumerate(epochs(SEQUENCES[sequence], len(x)), 1):
+        graphed_losses, eager_losses = run_epoch(graphed, *epoch), run_epoch(eager, *epoch)
         assert graphed.path == "cuda-graph" and graphed.graph is not None
         torch.testing.assert_close(graphed_losses, eager_losses, rtol=1e-6, atol=0)
         assert_close_state(graphed, eager, f"epoch {number} of {sequence}")
 
 
 @cuda
-@pytest.mark.parametrize("name, sequence", [(n, s) for n, s in CASES if s != "mixed"],
-                         ids=[i for (_, s), i in zip(CASES, IDS, strict=True) if s != "mixed"])
-def test_the_graph_computes_what_the_cpu_path_computes(stage_cuda, name, sequence):
-    """The same weights, orders and draws: CUDA's replayed graph against train_epoch on the CPU, float64."""
+@pytest.mark.parametrize("eager", [False, True], ids=["graph", "eager"])
+@pytest.mark.parametrize("name, sequence", CASES, ids=IDS)
+def test_the_cuda_step_computes_what_the_cpu_step_computes(stage_cuda, name, sequence, eager):
+    """The same weights, orders and draws (one table, read by both): CUDA's replayed graph, and its step run
+    eagerly, against train_epoch on the CPU, float64."""
     x, y = data("cpu", torch.float64)
-    graphed = runner(x.to(stage_cuda), y.to(stage_cuda), name, torch.float64)
+    on_cuda, on_cpu = Replayed(name, stage_cuda), Replayed(name, "cpu")
+    graphed = runner(x.to(stage_cuda), y.to(stage_cuda), name, torch.float64, eager=eager, module=on_cuda)
     torch.manual_seed(0)
     model, optimizer = new_model_and_optimizer(torch.device("cpu"), TRAIN)
     model.to(torch.float64)
     model.load_state_dict({k: v.cpu() for k, v in graphed.model.state_dict().items()})
-    mix = variant.load(name).mix
-    for number, (order, draws) in enumerate(epochs(name, SEQUENCES[sequence], len(x)), 1):
-        cpu_losses = train_epoch(model, optimizer, x, y, order, BATCH, STEPS, mix if draws is not None else None, draws)
-        cuda_losses = graphed.epoch(*on(stage_cuda, order, draws))
-        assert graphed.path == "cuda-graph"
+    for number, (order, active, seed) in enumerate(epochs(SEQUENCES[sequence], len(x)), 1):
+        rows = table(name, STEPS, seed)
+        on_cpu.refill(rows)
+        cpu_losses = train_epoch(model, optimizer, x, y, order, BATCH, STEPS,
+                                 variant.augmenter(on_cpu, PARAMS[name]) if active else None)
+        on_cuda.refill(rows.to(stage_cuda))
+        cuda_losses = graphed.epoch(order.to(stage_cuda), active)
+        assert graphed.path == ("cuda-eager" if eager else "cuda-graph")
         torch.testing.assert_close(cuda_losses.cpu(), cpu_losses, rtol=1e-6, atol=0)
         for (key, weight), cpu_weight in zip(graphed.model.named_parameters(), model.parameters(), strict=True):
             torch.testing.assert_close(weight.detach().cpu(), cpu_weight.detach(), rtol=1e-9, atol=1e-9,
@@ -194,13 +230,14 @@ def test_the_graph_computes_what_the_cpu_path_computes(stage_cuda, name, sequenc
 
 
 @cuda
-@pytest.mark.parametrize("name", MIXING)
+@pytest.mark.parametrize("name", TRANSFORMING)
 @pytest.mark.parametrize("path", ["cuda-graph", "cuda-eager"])
 def test_an_epoch_never_waits_on_the_host(stage_cuda, path, name):
-    """After the first epoch (its capture synchronizes, as torch.cuda.graph does on entry), no epoch syncs."""
+    """After the first epoch (its capture synchronizes, as torch.cuda.graph does on entry), no epoch syncs, the
+    variant's draws and transform included."""
     x, y = data(stage_cuda)
     graphed = runner(x, y, name, eager=path == "cuda-eager")
-    plan = [on(stage_cuda, order, draws) for order, draws in epochs(name, [True, True, False], len(x))]
+    plan = [(order.to(stage_cuda), active) for order, active, _ in epochs([True, True, False], len(x))]
     graphed.epoch(*plan[0])
     torch.cuda.synchronize()
     with host_syncs_raise():
@@ -213,16 +250,15 @@ def test_an_epoch_never_waits_on_the_host(stage_cuda, path, name):
 
 
 @cuda
-@pytest.mark.parametrize("name", MIXING)
+@pytest.mark.parametrize("name", TRANSFORMING)
 def test_the_graph_survives_an_evaluation_between_epochs(stage_cuda, name):
     """As training does: evaluate (inference mode, eval batches of 1000) between epochs, and free the cache."""
     x, y = data(stage_cuda)
     eval_x, eval_y = data(stage_cuda, steps=50, seed=2)  # 2530 images: three eval batches, the last partial
     graphed, eager = runner(x, y, name), runner(x, y, name, eager=True)
     graph = None
-    for number, (order, draws) in enumerate(epochs(name, SEQUENCES["plain-then-mixed"] + [True], len(x)), 1):
-        order, draws = on(stage_cuda, order, draws)
-        graphed_losses, eager_losses = graphed.epoch(order, draws), eager.epoch(order, draws)
+    for number, epoch in enumerate(epochs(SEQUENCES["plain-then-mixed"] + [True], len(x)), 1):
+        graphed_losses, eager_losses = run_epoch(graphed, *epoch), run_epoch(eager, *epoch)
         graph = graph or graphed.graph
         assert graphed.graph is graph and graphed.path == "cuda-graph"  # captured once, replayed ever after
         assert_bitwise(graphed_losses, eager_losses, graphed, eager, f"epoch {number}")
@@ -231,22 +267,21 @@ def test_the_graph_survives_an_evaluation_between_epochs(stage_cuda, name):
 
 
 @cuda
-@pytest.mark.parametrize("name", MIXING)
+@pytest.mark.parametrize("name", TRANSFORMING)
 def test_a_failed_capture_falls_back_to_eager_steps_that_train_the_same(stage_cuda, name):
     """A non-capturable Adam fails capture for real, as any failed capture would: the runner says so and why,
     and its eager steps, after the failed capture, train what a graph trains."""
     x, y = data(stage_cuda, torch.float64)
     failed, graphed = runner(x, y, name, torch.float64, capturable=False), runner(x, y, name, torch.float64)
-    for order, draws in epochs(name, SEQUENCES["plain-then-mixed"], len(x)):
-        order, draws = on(stage_cuda, order, draws)
-        torch.testing.assert_close(failed.epoch(order, draws), graphed.epoch(order, draws), rtol=1e-6, atol=0)
+    for epoch in epochs(SEQUENCES["plain-then-mixed"], len(x)):
+        torch.testing.assert_close(run_epoch(failed, *epoch), run_epoch(graphed, *epoch), rtol=1e-6, atol=0)
         assert failed.path == "cuda-eager" and failed.graph is None and "capturable" in failed.capture_error
         assert graphed.path == "cuda-graph"
     assert_close_state(failed, graphed, "after three epochs")
 
 
 @cuda
-@pytest.mark.parametrize("name", MIXING)
+@pytest.mark.parametrize("name", TRANSFORMING)
 def test_a_killed_run_resumes_exactly_on_cuda(prepared, monkeypatch, capsys, stage_cuda, name):
     device, resume, params = stage_cuda, paths.resume_state(name), PARAMS[name]
     uninterrupted = curve(training.train_variant(name, TRAIN, params, device)[0])
@@ -257,7 +292,7 @@ def test_a_killed_run_resumes_exactly_on_cuda(prepared, monkeypatch, capsys, sta
     rows, _, _, path = training.train_variant(name, TRAIN, params, device, resume_path=resume)
     out = capsys.readouterr().out
     assert f"resuming {name} after epoch 2" in out and "training path: cuda-graph" in out
-    assert path == {"train_path": "cuda-graph", "mixed_epochs": mixed_epochs(name, TRAIN)}
+    assert path == {"train_path": "cuda-graph", **transformed_epochs(name, TRAIN)}
     assert curve(rows) == uninterrupted, "the resumed run differs from the uninterrupted one"
     # The test can tell: a resume that leaves the CUDA generator alone draws other draws.
     resume.unlink()  # the finished run's state (the stage deletes it; train_variant leaves it)
@@ -268,7 +303,7 @@ def test_a_killed_run_resumes_exactly_on_cuda(prepared, monkeypatch, capsys, sta
 
 
 @cuda
-@pytest.mark.parametrize("name", MIXING)
+@pytest.mark.parametrize("name", TRANSFORMING)
 def test_the_same_seed_trains_the_same_on_cuda(prepared, stage_cuda, name):
     """As the stages run: if this fails, so does the resume test above, and the cause is a nondeterministic kernel."""
     train = {**TRAIN, "epochs": 3}
@@ -281,8 +316,8 @@ def test_the_same_seed_trains_the_same_on_cuda(prepared, stage_cuda, name):
 def test_cuda_training_runs_and_reports_the_graph_path(prepared, stage_cuda, capsys, name, precision):
     train, params = {**TRAIN, "epochs": 2, "precision": precision}, PARAMS[name]
     rows, best, final, path = training.train_variant(name, train, params, stage_cuda)
-    mixing = {"mixed_epochs": mixed_epochs(name, train)} if name in MIXING else {}
-    assert path == {"train_path": "cuda-graph", **mixing}  # no capture_error
+    transformed = transformed_epochs(name, train) if name in TRANSFORMING else {}
+    assert path == {"train_path": "cuda-graph", **transformed}  # no capture_error
     assert "training path: cuda-graph\n" in capsys.readouterr().out
     assert len(rows) == 2 and all(0 < r["train_loss"] < 10 and 0 <= r["eval_acc"] <= 1 for r in rows)
     assert final["model"]["0.weight"].is_cuda and best["epoch"] in (1, 2)
@@ -316,5 +351,5 @@ def test_a_resume_state_written_on_the_cpu_is_not_resumed_on_cuda(prepared, stag
     out = capsys.readouterr().out
     assert f"ignoring {resume}: it was written for other params, device, code or data" in out
     assert "resuming" not in out and [r["epoch"] for r in rows] == [1, 2, 3, 4]
-    assert path == {"train_path": "cuda-graph", "mixed_epochs": mixed_epochs("mixup", TRAIN)}
+    assert path == {"train_path": "cuda-graph", **transformed_epochs("mixup", TRAIN)}
     assert "cuda_rng" in torch.load(resume, map_location="cpu", weights_only=True)

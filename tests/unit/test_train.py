@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lenet_mixup import evaluation, paths, training, variant
+from lenet_mixup import evaluation, paths, steps, training, variant
 from lenet_mixup.data import load_split
 from lenet_mixup.evaluation import evaluate
 from lenet_mixup.model import lenet
@@ -17,6 +17,7 @@ from tests.helpers import ROOT, TEST_PARAMS, curve, dvc_env, killed_after, proje
 TRAIN = {**TEST_PARAMS["train"], "device": "cpu"}
 MIXUP = {"alpha": 1.0, "warmup": 1}
 CPU = torch.device("cpu")
+WARMUP_1 = {"mixup": MIXUP, "cutmix": MIXUP, "crop_flip": {"padding": 4, "flip": 0.5, "warmup": 1}}
 
 
 def test_prepare_writes_normalized_nchw_arrays(prepared):
@@ -27,31 +28,35 @@ def test_prepare_writes_normalized_nchw_arrays(prepared):
     assert np.load(paths.prepared_file("eval_y")).dtype == np.int64
 
 
-@pytest.mark.parametrize("name", ["mixup", "cutmix"])
-def test_draws_made_once_per_batch_only_after_warmup(prepared, monkeypatch, name):
+@pytest.mark.parametrize("name", WARMUP_1)
+def test_a_draw_per_batch_only_after_warmup_and_the_log_says_what_the_variant_did(prepared, monkeypatch, capsys,
+                                                                                  name):
     module, drawn = variant.load(name), []
-    real = module.draws
+    real = module.draw
 
-    def spy(params, n, device):
-        drawn.append((params["alpha"], n))
-        return real(params, n, device)
-    monkeypatch.setattr(module, "draws", spy)
-    rows, _, _, run = training.train_variant(name, {**TRAIN, "epochs": 3}, {"alpha": 0.4, "warmup": 1}, CPU)
-    assert drawn == [(0.4, 5), (0.4, 5)]  # 250 images / batch 50: one draw per step, from epoch 2 on
-    assert len(rows) == 3 and run["mixed_epochs"] == 2
-
-
-def test_baseline_never_mixes(prepared, monkeypatch):
-    monkeypatch.setattr(variant.load("baseline"), "draws", lambda *a: pytest.fail("baseline drew"))
-    assert "mixed_epochs" not in training.train_variant("baseline", TRAIN, {}, CPU)[3]
+    def spy(params, shape, device):
+        drawn.append((params, tuple(shape)))
+        return real(params, shape, device)
+    monkeypatch.setattr(module, "draw", spy)
+    rows, _, _, run = training.train_variant(name, {**TRAIN, "epochs": 3}, WARMUP_1[name], CPU)
+    assert drawn == [(WARMUP_1[name], (50, 3, 32, 32))] * 10  # 250 images / batch 50: a draw per step, epochs 2-3
+    assert len(rows) == 3 and run[variant.epochs_key(module)] == 2
+    log = capsys.readouterr().out
+    assert f"{name} epoch 1/3:" in log and f"{name} epoch 3/3 ({module.ACTION}):" in log
 
 
-@pytest.mark.parametrize("name", ["mixup", "cutmix"])
-def test_a_run_that_never_mixes_says_so(prepared, capsys, name):
+def test_baseline_never_draws(prepared, monkeypatch):
+    monkeypatch.setattr(variant.load("baseline"), "draw", lambda *a: pytest.fail("baseline drew"))
+    assert training.train_variant("baseline", TRAIN, {}, CPU)[3] == {"train_path": "cpu"}
+
+
+@pytest.mark.parametrize("name", WARMUP_1)
+def test_a_run_that_never_transforms_says_so_in_the_variant_s_words(prepared, capsys, name):
     """warmup 1 and one epoch: the run trains what the baseline trains, and its log and summary say so."""
-    rows, _, _, run = training.train_variant(name, {**TRAIN, "epochs": 1}, {"alpha": 1.0, "warmup": 1}, CPU)
-    assert run["mixed_epochs"] == 0
-    assert f"warning: {name} never mixes in this run" in capsys.readouterr().out
+    module = variant.load(name)
+    rows, _, _, run = training.train_variant(name, {**TRAIN, "epochs": 1}, WARMUP_1[name], CPU)
+    assert run[variant.epochs_key(module)] == 0
+    assert f"warning: no batch of {name} is {module.ACTION} in this run" in capsys.readouterr().out
     assert curve(rows) == curve(training.train_variant("baseline", {**TRAIN, "epochs": 1}, {}, CPU)[0])
 
 
@@ -67,7 +72,10 @@ def test_evaluation_is_plain_cross_entropy_over_several_eval_batches(prepared, m
     assert evaluation.predict(model, x).shape == (100, 10)
 
 
-def test_best_checkpoint_holds_the_lowest_eval_loss_weights(prepared):
+def test_best_checkpoint_holds_the_lowest_eval_loss_weights(prepared, monkeypatch):
+    def adam(model, train, device):  # pinned here, whatever make_optimizer builds: the tutorial's Adam at lr 0.01
+        return torch.optim.Adam(model.parameters(), lr=train["lr"], betas=(0.9, 0.999), eps=1e-7, fused=True)
+    monkeypatch.setattr(steps, "make_optimizer", adam)
     rows, best, final, _ = training.train_variant("baseline", {**TRAIN, "epochs": 8, "lr": 0.01}, {}, CPU)
     losses = [r["eval_loss"] for r in rows]
     assert best["epoch"] == losses.index(min(losses)) + 1 != len(rows)  # lr 0.01 over-fits: not the last epoch
@@ -78,12 +86,12 @@ def test_best_checkpoint_holds_the_lowest_eval_loss_weights(prepared):
         assert evaluate(model, x, y) == (row["eval_loss"], row["eval_acc"])
 
 
-@pytest.mark.parametrize("name", ["mixup", "cutmix"])
-def test_a_warmup_epoch_equals_the_baseline_and_mixing_then_departs(prepared, name):
+@pytest.mark.parametrize("name", WARMUP_1)
+def test_a_warmup_epoch_equals_the_baseline_and_the_transform_then_departs(prepared, name):
     """With warmup 1 the first epoch is plain training: the variants agree exactly there, and not after."""
     base, _, _, _ = training.train_variant("baseline", {**TRAIN, "epochs": 2}, {}, CPU)
-    mixed, _, _, _ = training.train_variant(name, {**TRAIN, "epochs": 2}, MIXUP, CPU)
-    assert curve(base)[0] == curve(mixed)[0] and curve(base)[1] != curve(mixed)[1]
+    transformed, _, _, _ = training.train_variant(name, {**TRAIN, "epochs": 2}, WARMUP_1[name], CPU)
+    assert curve(base)[0] == curve(transformed)[0] and curve(base)[1] != curve(transformed)[1]
 
 
 def test_same_seed_gives_identical_metrics(prepared):
