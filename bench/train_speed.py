@@ -227,6 +227,11 @@ def main():
     print(f"{args.steps} timed steps per loop and variant, in {windows} windows of {window} taken in turn, "
           f"after {args.warmup} untimed; batch {BATCH}; model {FORWARD_MFLOP} MFLOP forward, "
           f"{TRAIN_MFLOP} MFLOP forward+backward per image\n", flush=True)
+    ceiling = {} if cuda else sgemm_ceiling()
+    if ceiling:
+        rates = ", ".join(f"{t} thread{'s' * (t > 1)} {gflops:.0f} GFLOP/s" for t, gflops in ceiling.items())
+        print(f"ceiling: torch's sgemm, 1024 x 1024 float32, {rates} ({ceiling[max(ceiling)] / ceiling[1]:.2f}x); "
+              f"each loop's share of the {max(ceiling)}-thread rate below\n", flush=True)
     context, pipes, processes = mp.get_context("spawn"), {}, []
     for kind in loops:
         pipes[kind], child = context.Pipe()
@@ -253,10 +258,13 @@ def main():
     # The median window: a burst of load from another program spoils one window, not the figure.
     rates = {key: sorted(window * BATCH / t for t in s) for key, s in seconds.items()}
     rate = {key: float(np.median(r)) for key, r in rates.items()}
-    print(f"{'variant':9}{'loop':14}{'img/s':>8}{'(windows min-max)':>20}{'ms/step':>9}{'MFLOP/s':>10}")
+    top = ceiling[max(ceiling)] * 1000 if ceiling else None  # MFLOP/s
+    print(f"{'variant':9}{'loop':14}{'img/s':>8}{'(windows min-max)':>20}{'ms/step':>9}{'MFLOP/s':>10}"
+          + (f"{'of sgemm':>10}" if top else ""))
     for (name, kind), r in rates.items():
+        share = f"{rate[name, kind] * TRAIN_MFLOP / top:10.0%}" if top else ""
         print(f"{name:9}{kind:14}{rate[name, kind]:8.0f}{f'({r[0]:.0f}-{r[-1]:.0f})':>20}"
-              f"{1000 * BATCH / rate[name, kind]:9.2f}{rate[name, kind] * TRAIN_MFLOP:10.0f}")
+              f"{1000 * BATCH / rate[name, kind]:9.2f}{rate[name, kind] * TRAIN_MFLOP:10.0f}{share}")
     print("(img/s: the median window)\n")
     targets = {"dataloader": " (target >= 1.3)", "bare": " (target >= 0.95)"}
     for name in VARIANTS:
@@ -272,6 +280,23 @@ def main():
     for kind in loops:
         epoch = {v: EPOCH_STEPS * BATCH / rate[v, kind] / 60 for v in VARIANTS}
         print(f"  {kind:13}{peaks[kind]:7.0f} MiB   " + ", ".join(stage(name, epoch) for name in VARIANTS))
+
+
+def sgemm_ceiling(size=1024, seconds=1.0):
+    """{threads: GFLOP/s} of torch's float32 matrix product on 1 and on every core (at most 2 where there are
+    2): the most this CPU's arithmetic gives, measured now, beside which each loop's rate is read."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    before, rates = torch.get_num_threads(), {}
+    for threads in sorted({1, min(2, cores()), cores()}):
+        torch.set_num_threads(threads)
+        a @ b  # warm up this thread count's pool
+        done, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            a @ b
+            done += 1
+        rates[threads] = 2 * size**3 * done / elapsed / 1e9
+    torch.set_num_threads(before)
+    return rates
 
 
 def stage(name, epoch_minutes):

@@ -25,6 +25,34 @@ def cores():
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # the x86 instructions that compute in bf16 rather than emulate it
+CPUINFO = "/proc/cpuinfo"
+
+
+def bf16_instructions(cpuinfo=None):
+    """Whether this CPU computes bf16 in hardware (an x86 flag of BF16_FLAGS in /proc/cpuinfo), or None where
+    the file says nothing of it (no such file, another architecture)."""
+    try:
+        text = open(cpuinfo or CPUINFO).read()
+    except OSError:
+        return None
+    flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    if "avx512f" not in flags and "avx2" not in flags:
+        return None  # not an x86 CPU this check knows
+    return any(flag in flags for flag in BF16_FLAGS)
+
+
+def warn_if_bf16_is_emulated(precision, device, cpuinfo=None):
+    """One warning where train.precision bf16 would run slower than fp32: a CPU without BF16 instructions."""
+    if precision == "bf16" and torch.device(device).type == "cpu" and bf16_instructions(cpuinfo) is False:
+        print("warning: train.precision is bf16, but this CPU has no BF16 instructions (neither "
+              f"{' nor '.join(BF16_FLAGS)} in {cpuinfo or CPUINFO}): bf16 is emulated here, about 2.5 times slower "
+              "than fp32 (measured: 0.40x to 0.43x of fp32's speed on such a CPU, docs/performance.md); set "
+              "train.precision: fp32", flush=True)
+        return True
+    return False
+
+
 def use_one_thread_per_op():
     """The process setting every CPU computation of the project runs under (see the module's doc)."""
     torch.set_num_threads(1)

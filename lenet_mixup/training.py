@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from lenet_mixup import paths, variant
+from lenet_mixup.cpu import warn_if_bf16_is_emulated
 from lenet_mixup.data import load_split
 from lenet_mixup.evaluation import evaluate
 from lenet_mixup.stage import UserError, atomic_output
@@ -64,6 +65,7 @@ def train_variant(name, train, params, device, resume_path=None, on_epoch=None):
     if train["validation_steps"]:
         eval_x, eval_y = (t[:train["validation_steps"] * train["batch_size"]] for t in (eval_x, eval_y))
     batch_size, epochs, precision = train["batch_size"], train["epochs"], train["precision"]
+    warn_if_bf16_is_emulated(precision, device)
     steps = steps_per_epoch(train, len(train_x))
     if train["shards"] > batch_size:
         raise UserError(f"train.shards = {train['shards']} is more than the {batch_size} images of a batch "

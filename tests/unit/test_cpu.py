@@ -115,3 +115,39 @@ def test_evaluation_and_fgsm_are_the_same_on_any_number_of_workers(workers, monk
     assert torch.equal(evaluation.predict(model, x), one[1])
     assert robustness.fgsm_accuracies(model, x, y, epsilons) == attacked
     assert model.training, "evaluation puts the model back in training mode"
+
+
+FLAGS = "processor\t: {i}\nmodel name\t: x86-64 VM\nflags\t\t: fpu sse2 avx2 avx512f avx512bw {extra}\n\n"
+
+
+def fake_cpuinfo(path, extra=""):
+    path.write_text("".join(FLAGS.format(i=i, extra=extra) for i in range(2)))
+    return str(path)
+
+
+def test_bf16_instructions_are_read_from_the_cpu_flags(tmp_path):
+    assert cpu.bf16_instructions(fake_cpuinfo(tmp_path / "plain")) is False
+    assert cpu.bf16_instructions(fake_cpuinfo(tmp_path / "avx512", "avx512_bf16")) is True
+    assert cpu.bf16_instructions(fake_cpuinfo(tmp_path / "amx", "amx_tile amx_bf16")) is True
+    (tmp_path / "arm").write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    assert cpu.bf16_instructions(str(tmp_path / "arm")) is None  # not an x86 CPU: no verdict, no warning
+    assert cpu.bf16_instructions(str(tmp_path / "missing")) is None
+
+
+def test_bf16_warns_on_a_cpu_without_bf16_instructions_only(tmp_path, capsys):
+    plain, bf16 = fake_cpuinfo(tmp_path / "plain"), fake_cpuinfo(tmp_path / "bf16", "avx512_bf16")
+    assert cpu.warn_if_bf16_is_emulated("bf16", "cpu", plain)
+    out = capsys.readouterr().out
+    assert "no BF16 instructions" in out and "slower than fp32" in out and "set train.precision: fp32" in out
+    for args in (("fp32", "cpu", plain), ("bf16", "cpu", bf16), ("bf16", "cuda", plain)):
+        assert not cpu.warn_if_bf16_is_emulated(*args), args
+    assert capsys.readouterr().out == ""
+
+
+def test_a_bf16_training_run_warns_once_on_such_a_cpu(prepared, tmp_path, monkeypatch, capsys):
+    from lenet_mixup import training
+    monkeypatch.setattr(cpu, "CPUINFO", fake_cpuinfo(tmp_path / "cpuinfo"))
+    training.train_variant("baseline", {**TRAIN, "device": "cpu", "epochs": 2, "precision": "bf16"}, {}, CPU)
+    assert capsys.readouterr().out.count("this CPU has no BF16 instructions") == 1
+    training.train_variant("baseline", {**TRAIN, "device": "cpu", "epochs": 1}, {}, CPU)
+    assert "BF16 instructions" not in capsys.readouterr().out
